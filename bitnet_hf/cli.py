@@ -1,0 +1,167 @@
+"""The ``bitnet-hf`` command: ``convert``, ``pack`` and ``generate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from .models.base import SUBLN_PLACEMENTS
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bitnet-hf", description="Turn Hugging Face LLMs into 1.58-bit BitNet models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="full-precision checkpoint -> BitNet training checkpoint (BitDistill stage 1)",
+                       description="Copy every weight of a full-precision Qwen3 / Qwen2 / Llama / Gemma 3 checkpoint "
+                       "into its BitNet model (ternary weights, int8 activations, SubLN) and save it.")
+    p.add_argument("src", help="folder of a full-precision transformers checkpoint")
+    p.add_argument("out", help="folder to write the BitNet training checkpoint to")
+    p.add_argument("--subln", choices=SUBLN_PLACEMENTS, default="paper",
+                   help="SubLN placement: 'paper' (attention output and FFN down projections), 'all', 'none'")
+    p.add_argument("--no-quantize", action="store_true", help="build with quantization off (for checks)")
+    p.add_argument("--calibration-data", type=Path,
+                   help="text file (one sample a line) or JSONL file to calibrate the SubLN gains on")
+    p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
+    p.add_argument("--calibration-samples", type=int, default=64, help="samples to calibrate on (default: 64)")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per calibration sample (default: 256)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the latent weights (default: float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    p = sub.add_parser("pack", help="BitNet training checkpoint -> packed deployment checkpoint",
+                       description="Quantize a BitNet training checkpoint and store its ternary weights packed 4 per "
+                       "byte with one scale per tensor; everything else in --dtype. Prints the size of each format.")
+    p.add_argument("src", help="folder of a BitNet training checkpoint")
+    p.add_argument("out", help="folder to write the deployment checkpoint to")
+    p.add_argument("--dtype", choices=DTYPES, default="bfloat16",
+                   help="dtype of embeddings, lm_head, norms and biases (default: bfloat16)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    p = sub.add_parser("generate", help="greedy generation with a (BitNet or full-precision) checkpoint")
+    p.add_argument("model", help="checkpoint folder")
+    p.add_argument("--prompt", required=True, help="prompt text")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"convert": _convert, "pack": _pack, "generate": _generate}[args.command](args)
+    except (ValueError, FileExistsError, FileNotFoundError, TypeError) as error:
+        print(f"bitnet-hf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoTokenizer
+
+    from .convert import check_output_dir, convert_to_bitnet, save_checkpoint
+    from .models.layers import BitLinear
+
+    _require_checkpoint(Path(args.src))
+    check_output_dir(args.out, args.overwrite)
+    if args.calibration_data is not None and not args.calibration_data.is_file():
+        raise FileNotFoundError(f"--calibration-data {args.calibration_data} does not exist")
+    tokenizer = _tokenizer_or_none(args.src, AutoTokenizer)
+    batches = None
+    if args.calibration_data is not None:
+        if tokenizer is None:
+            raise ValueError(f"{args.src} has no tokenizer, which --calibration-data needs")
+        texts = list(_read_texts(args.calibration_data, args.text_field, args.calibration_samples))
+        batches = _batches(tokenizer, texts, args.max_length)
+    model = convert_to_bitnet(args.src, subln=args.subln, quantize=not args.no_quantize,
+                              calibration_batches=batches, dtype=getattr(torch, args.dtype))
+    out = save_checkpoint(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
+    n_bit = sum(m.weight.numel() for m in model.modules() if isinstance(m, BitLinear))
+    print(f"converted {args.src} -> {out}: {type(model).__name__}, SubLN {args.subln}"
+          f"{', calibrated on ' + str(len(texts)) + ' samples' if batches is not None else ''}, "
+          f"{n_bit / 1e6:.1f}M ternary-trained weights, {_folder_bytes(out) / 2**20:.1f} MiB")
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .convert import check_output_dir, pack_bitnet, save_checkpoint, size_report
+
+    _require_checkpoint(Path(args.src))
+    check_output_dir(args.out, args.overwrite)
+    model = AutoModelForCausalLM.from_pretrained(args.src, dtype=torch.float32)
+    packed = pack_bitnet(model, dtype=getattr(torch, args.dtype))
+    out = save_checkpoint(packed, args.out, tokenizer=_tokenizer_or_none(args.src, AutoTokenizer),
+                          overwrite=args.overwrite)
+    report = size_report(packed)
+    print(f"packed {args.src} -> {out}")
+    print(f"  training checkpoint   {_folder_bytes(Path(args.src)) / 2**20:9.2f} MiB")
+    print(f"  deployment checkpoint {_folder_bytes(out) / 2**20:9.2f} MiB")
+    print(f"  ternary linear weights: {report['bf16_bytes'] / 2**20:.2f} MiB in bf16 -> "
+          f"{report['packed_bytes'] / 2**20:.2f} MiB packed ({report['bf16_bytes'] / report['packed_bytes']:.2f}x smaller)")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _require_checkpoint(Path(args.model))
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    if args.chat:
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+    else:
+        inputs = tokenizer(args.prompt, return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+    print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    return 0
+
+
+def _require_checkpoint(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint folder (no config.json)")
+
+
+def _tokenizer_or_none(path: str, auto_tokenizer):  # noqa: ANN001, ANN202 - AutoTokenizer is imported lazily
+    try:
+        return auto_tokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_texts(path: Path, field: str, limit: int) -> Iterator[str]:
+    count = 0
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if path.suffix == ".jsonl":
+                row = json.loads(line)
+                if field not in row:
+                    raise ValueError(f"{path}:{line_no} has no field {field!r} (fields: {sorted(row)}); "
+                                     "pass --text-field")
+                line = row[field]
+            yield line
+            count += 1
+            if count == limit:
+                return
+
+
+def _batches(tokenizer, texts: list[str], max_length: int) -> list[dict]:  # noqa: ANN001
+    # One sample a batch: no padding needed, so tokenizers without a pad token work too.
+    return [dict(tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)) for text in texts]
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.suffix == ".safetensors")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

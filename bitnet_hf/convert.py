@@ -1,0 +1,271 @@
+"""Stage 1 of BitDistill (full-precision checkpoint -> BitNet training model) and the deployment packing.
+
+* :func:`convert_to_bitnet` copies every weight of a full-precision transformers model into the BitNet class of its
+  family; the only new parameters are the SubLN gains (ones, or calibrated with :func:`calibrate_subln`).
+* :func:`pack_bitnet` turns a BitNet training model into the deployment model: ternary weights packed 4 per byte
+  with one scale per tensor, every other tensor in bf16.
+* :func:`save_checkpoint` writes either atomically (a temporary folder renamed into place).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from .models import BITNET_CLASS_FOR, CONFIG_CLASSES
+from .models.base import SUBLN_PLACEMENTS, BitNetConfigMixin
+from .models.layers import BitLinear, PackedBitLinear
+
+# Config keys that describe the source checkpoint rather than the model, dropped when building a BitNet config.
+_SOURCE_ONLY_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "dtype")
+
+Batch = Mapping[str, torch.Tensor]
+
+
+def supported_model_types() -> list[str]:
+    """The full-precision ``model_type`` values that :func:`convert_to_bitnet` accepts."""
+    return sorted({cls.model_type for fp in BITNET_CLASS_FOR for cls in [fp.config_class]})
+
+
+def convert_to_bitnet(
+    model: PreTrainedModel | str | os.PathLike,
+    *,
+    subln: str = "paper",
+    quantize: bool = True,
+    calibration_batches: Iterable[Batch] | None = None,
+    dtype: torch.dtype | None = None,
+) -> PreTrainedModel:
+    """Convert a full-precision transformers model into its BitNet counterpart (BitDistill stage 1).
+
+    Args:
+        model: a Qwen3 / Qwen2 / Llama / Gemma 3 text model (``*Model``, ``*ForCausalLM`` or
+            ``*ForSequenceClassification``), or a path to one saved with ``save_pretrained``.
+        subln: SubLN placement, ``"paper"`` (attention output and FFN down projections), ``"all"`` or ``"none"``.
+        quantize: ``False`` builds the model with both quantizers off (checks, calibration studies).
+        calibration_batches: model inputs (``input_ids``, optional ``attention_mask``) to set the SubLN gains from,
+            so that the un-quantized converted model stays close to the original (see :func:`calibrate_subln`).
+            ``None`` leaves the gains at one.
+        dtype: dtype to load a path in (default float32, the usual dtype of latent training weights); a model
+            instance keeps its own.
+
+    Returns:
+        The BitNet model. It shares its weight tensors with ``model`` when given an instance (no copy).
+    """
+    if subln not in SUBLN_PLACEMENTS:
+        raise ValueError(f"subln={subln!r} is not a SubLN placement; use one of {SUBLN_PLACEMENTS}")
+    if not isinstance(model, PreTrainedModel):
+        model = _load_full_precision(model, dtype or torch.float32)
+    bitnet_cls = _bitnet_class_for(model)
+
+    fields = {k: v for k, v in model.config.to_dict().items() if k not in _SOURCE_ONLY_KEYS}
+    config = bitnet_cls.config_class(**fields, bitnet_subln=subln, bitnet_quantize=quantize)
+    config._attn_implementation = model.config._attn_implementation
+    with torch.device("meta"):
+        skeleton = bitnet_cls(config)
+
+    new_params = {f"{name}.sub_norm.weight" for name, m in skeleton.named_modules()
+                  if isinstance(m, BitLinear) and m.sub_norm is not None}
+    gains = {}
+    if calibration_batches is not None:
+        gains = calibrate_subln(model, [k.removesuffix(".sub_norm.weight") for k in sorted(new_params)],
+                                calibration_batches, eps=config.rms_norm_eps)
+    bitnet = _fill(skeleton, model.state_dict(), model, new_params)
+    with torch.no_grad():
+        for name, gain in gains.items():
+            bitnet.get_submodule(name).sub_norm.weight.copy_(gain)
+    bitnet.generation_config = model.generation_config
+    bitnet.train(model.training)
+    return bitnet
+
+
+def calibrate_subln(
+    model: PreTrainedModel, linear_names: list[str], batches: Iterable[Batch], *, eps: float
+) -> dict[str, torch.Tensor]:
+    """Per-channel SubLN gains that make ``SubLN(x)`` the least-squares best stand-in for ``x``.
+
+    Runs ``model`` (full precision) on ``batches`` and records the input ``x`` of each linear in ``linear_names``
+    over real (non-padding) tokens. With ``r = sqrt(mean(x^2) + eps)`` per token, the gain minimising
+    ``sum_t (x_tc - g_c x_tc / r_t)^2`` is ``g_c = sum_t x_tc^2 / r_t / sum_t x_tc^2 / r_t^2``. All layers are
+    calibrated on the original model's activations in one pass.
+    """
+    sums: dict[str, list[torch.Tensor]] = {}
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook_for(name: str):
+        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach().float()
+            if mask[0] is not None:
+                x = x[mask[0]]
+            x = x.reshape(-1, x.shape[-1])
+            inv_r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+            x2 = x.pow(2)
+            num, den = (x2 * inv_r).sum(0), (x2 * inv_r.pow(2)).sum(0)
+            if name in sums:
+                sums[name][0] += num
+                sums[name][1] += den
+            else:
+                sums[name] = [num, den]
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in linear_names]
+    try:
+        with torch.no_grad():
+            for batch in tqdm(batches, desc="Calibrating SubLN", unit="batch"):
+                attention_mask = batch.get("attention_mask")
+                mask[0] = None if attention_mask is None else attention_mask.bool()
+                model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not sums:
+        raise ValueError("calibration_batches was empty: give at least one batch of model inputs")
+    return {name: num / den.clamp_min(torch.finfo(torch.float32).tiny) for name, (num, den) in sums.items()}
+
+
+def pack_bitnet(model: PreTrainedModel, *, dtype: torch.dtype = torch.bfloat16) -> PreTrainedModel:
+    """The deployment form of a BitNet training model.
+
+    Every ``BitLinear`` becomes a ``PackedBitLinear`` holding its ternary weights packed 4 per byte and its scale;
+    every other floating tensor (embeddings, ``lm_head``, norms, SubLN gains, biases) is cast to ``dtype``.
+    """
+    config = model.config
+    if not isinstance(config, BitNetConfigMixin):
+        raise TypeError(f"pack_bitnet expects a BitNet model, got {type(model).__name__}; convert it first with "
+                        "convert_to_bitnet")
+    if config.bitnet_packed:
+        raise ValueError("this model is already packed")
+    if not config.bitnet_quantize:
+        raise ValueError("this model was built with bitnet_quantize=False; packing stores quantized weights, so "
+                         "only a model that trains and runs quantized can be packed")
+    packed_config = type(config).from_dict({**config.to_dict(), "bitnet_packed": True})
+    packed_config._attn_implementation = config._attn_implementation
+    with torch.device("meta"):
+        skeleton = type(model)(packed_config)
+
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BitLinear):
+            packed = PackedBitLinear.from_bitlinear(module, dtype)
+            state.update({f"{name}.{key}": value for key, value in packed.state_dict().items()})
+    for key, value in model.state_dict().items():
+        if key not in state:
+            state[key] = value.to(dtype) if value.is_floating_point() else value
+    packed_model = _fill(skeleton, state, model, new_params=set())
+    packed_model.config.dtype = dtype
+    packed_model.generation_config = model.generation_config
+    return packed_model.eval()
+
+
+def size_report(packed_model: PreTrainedModel) -> dict[str, int]:
+    """Bytes of the packed ternary linear weights (uint8 + scales) against the same weights stored in bf16."""
+    layers = [m for m in packed_model.modules() if isinstance(m, PackedBitLinear)]
+    return {
+        "linear_weights": sum(m.in_features * m.out_features for m in layers),
+        "bf16_bytes": sum(2 * m.in_features * m.out_features for m in layers),
+        "packed_bytes": sum(m.weight.numel() * m.weight.element_size()
+                            + m.weight_scale.numel() * m.weight_scale.element_size() for m in layers),
+    }
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail early (before any expensive work) if ``path`` holds something and ``overwrite`` is not set."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder; choose another output path")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty; choose another output path or pass overwrite")
+    return path
+
+
+def save_checkpoint(
+    model: PreTrainedModel,
+    path: str | os.PathLike,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """``save_pretrained`` (safetensors) into a temporary sibling folder, then rename it into place.
+
+    An interrupted save leaves ``path`` as it was: either absent, or the previous complete checkpoint.
+    """
+    path = check_output_dir(path, overwrite).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the checkpoint gets the usual permissions
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if path.exists():
+            old = tmp.with_suffix(".old")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def _load_full_precision(path: str | os.PathLike, dtype: torch.dtype) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(path)
+    if isinstance(config, CONFIG_CLASSES):
+        raise ValueError(f"{path} is already a BitNet checkpoint (model_type {config.model_type!r})")
+    architecture = (config.architectures or [""])[0]
+    model_class = getattr(transformers, architecture, None)
+    if model_class not in BITNET_CLASS_FOR:
+        # No or unknown architecture recorded: a causal LM of a supported family is the common case.
+        model_class = transformers.AutoModelForCausalLM._model_mapping.get(type(config))
+    if model_class not in BITNET_CLASS_FOR:
+        raise ValueError(f"{path}: model_type {config.model_type!r} ({architecture or 'no architecture'}) is not "
+                         f"supported; bitnet-hf converts {', '.join(supported_model_types())}")
+    return model_class.from_pretrained(path, dtype=dtype)
+
+
+def _bitnet_class_for(model: PreTrainedModel) -> type[PreTrainedModel]:
+    if isinstance(model.config, CONFIG_CLASSES):
+        raise ValueError(f"{type(model).__name__} is already a BitNet model")
+    try:
+        return BITNET_CLASS_FOR[type(model)]
+    except KeyError:
+        names = ", ".join(sorted(cls.__name__ for cls in BITNET_CLASS_FOR))
+        raise ValueError(f"cannot convert {type(model).__name__}: bitnet-hf converts {names}") from None
+
+
+def _fill(skeleton: PreTrainedModel, state: dict[str, torch.Tensor], source: PreTrainedModel,
+          new_params: set[str]) -> PreTrainedModel:
+    """Give a model built on the meta device the tensors of ``state`` (by assignment, no copy) and the
+    non-persistent buffers of ``source``; ``new_params`` (missing from ``state``) are created by ``_init_weights``."""
+    missing, unexpected = skeleton.load_state_dict(state, strict=False, assign=True)
+    tied = set(skeleton.all_tied_weights_keys)
+    if unexpected or set(missing) - new_params - tied:
+        raise RuntimeError(f"weights do not line up: unexpected {sorted(unexpected)[:5]}, "
+                           f"missing {sorted(set(missing) - new_params - tied)[:5]}")
+    for name, buffer in source.named_buffers():
+        module_name, _, leaf = name.rpartition(".")
+        module = skeleton.get_submodule(module_name)
+        if leaf in module._buffers and module._buffers[leaf].is_meta:
+            module._buffers[leaf] = buffer
+    device = next(p for p in source.parameters()).device
+    for name in new_params:
+        module_name, _, leaf = name.rpartition(".")
+        module = skeleton.get_submodule(module_name)
+        module._parameters[leaf] = torch.nn.Parameter(torch.empty_like(module._parameters[leaf], device=device))
+        skeleton._init_weights(module)
+    skeleton.tie_weights()
+    still_meta = [n for n, t in [*skeleton.named_parameters(), *skeleton.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise RuntimeError(f"tensors left uninitialised after conversion: {still_meta[:5]}")
+    return skeleton

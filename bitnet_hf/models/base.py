@@ -1,0 +1,87 @@
+"""The one mechanism every BitNet family uses: a config mixin carrying the BitNet choices and a model mixin that
+swaps the decoder's ``nn.Linear`` layers for BitNet ones before transformers finalises the model.
+
+A family is then a handful of subclasses (see ``qwen3.py``): its transformers config and model classes with
+these mixins in front. Nothing of the family's modeling code is copied.
+
+This file only imports torch, transformers and its own folder: it travels into saved checkpoints as remote code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+from transformers import initialization as init
+
+from .layers import BitLinear, PackedBitLinear, SubLN
+
+SUBLN_PLACEMENTS = ("paper", "all", "none")
+
+
+@dataclass(kw_only=True, repr=False)
+class BitNetConfigMixin:
+    """BitNet choices, added as fields to a family's config.
+
+    Args:
+        bitnet_subln: where SubLN (an RMSNorm on a projection's input) goes: ``"paper"`` in front of the attention
+            output and FFN down projections (BitDistill), ``"all"`` in front of every decoder projection,
+            ``"none"`` nowhere.
+        bitnet_quantize: quantize weights (ternary) and activations (int8) in the forward. ``False`` is for checks:
+            the model then computes exactly what its full-precision family computes, plus SubLN.
+        bitnet_packed: deployment format: decoder projections hold 2-bit packed ternary weights and a scale
+            (``PackedBitLinear``) instead of latent full-precision weights (``BitLinear``).
+    """
+
+    bitnet_subln: str = "paper"
+    bitnet_quantize: bool = True
+    bitnet_packed: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.bitnet_subln not in SUBLN_PLACEMENTS:
+            raise ValueError(f"bitnet_subln={self.bitnet_subln!r} is not a SubLN placement; use one of {SUBLN_PLACEMENTS}")
+        if self.bitnet_packed and not self.bitnet_quantize:
+            raise ValueError("bitnet_packed=True stores quantized weights, so it needs bitnet_quantize=True")
+        super().__post_init__(**kwargs)
+
+
+class BitNetModelMixin:
+    """Put in front of a transformers ``PreTrainedModel`` subclass of a family to make it a BitNet model.
+
+    Every ``nn.Linear`` inside the decoder blocks (``base_model.layers``) becomes a ``BitLinear`` (or a
+    ``PackedBitLinear`` when ``config.bitnet_packed``); embeddings and the output head stay full precision.
+    """
+
+    # Projections that get a SubLN with the paper's placement; a family with other names overrides this.
+    subln_targets: tuple[str, ...] = ("o_proj", "down_proj")
+
+    def post_init(self) -> None:
+        config = self.config
+        eps = config.rms_norm_eps
+        for parent in self.base_model.layers.modules():
+            for name, child in list(parent.named_children()):
+                if type(child) is not nn.Linear:
+                    continue
+                wants_norm = config.bitnet_subln == "all" or (config.bitnet_subln == "paper" and name in self.subln_targets)
+                norm_eps = eps if wants_norm else None
+                if config.bitnet_packed:
+                    new: nn.Module = PackedBitLinear(child.in_features, child.out_features, child.bias is not None,
+                                                     device=child.weight.device, dtype=child.weight.dtype,
+                                                     sub_norm_eps=norm_eps)
+                else:
+                    new = BitLinear.from_linear(child, sub_norm_eps=norm_eps, quantize=config.bitnet_quantize)
+                setattr(parent, name, new)
+        super().post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, SubLN):
+            init.ones_(module.weight)
+        elif isinstance(module, PackedBitLinear):
+            # Packed weights always come from a checkpoint; a fresh one is all zeros with unit scale.
+            init.zeros_(module.weight)
+            init.ones_(module.weight_scale)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)

@@ -1,0 +1,130 @@
+"""BitNet layers: ``SubLN``, the training ``BitLinear`` and the deployment ``PackedBitLinear``.
+
+Both linears carry the optional SubLN of BitDistill as a child module ``sub_norm`` applied to their input, so
+placing SubLN in front of a projection needs no change to the model's forward (transformers' own
+``integrations.bitnet.BitLinear`` carries its optional RMSNorm the same way).
+
+This file only imports torch, transformers and its own folder: it travels into saved checkpoints as remote code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantization import (
+    fake_quantize_activations,
+    fake_quantize_weights,
+    pack_ternary,
+    quantize_activations,
+    quantize_weights,
+    unpack_ternary,
+)
+
+
+class SubLN(nn.Module):
+    """RMSNorm with a per-channel gain, ``x / sqrt(mean(x^2) + eps) * weight``, computed in float32.
+
+    Named apart from the families' ``*RMSNorm`` classes on purpose: transformers initialises modules by class name,
+    and Gemma's rule (``"RMSNorm"`` -> zeros, for its ``1 + weight`` norm) would zero this gain.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * h).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class BitLinear(nn.Linear):
+    """Drop-in ``nn.Linear`` that trains latent full-precision weights through the BitNet quantizers.
+
+    The forward is ``F.linear(Q_act(SubLN(x)), Q_w(W)) + b`` with straight-through gradients. ``quantize=False``
+    skips both quantizers (the layer is then exactly ``nn.Linear`` after the optional SubLN), for checks.
+    It stays an ``nn.Linear`` so PEFT, accelerate and ``_init_weights`` treat it as one.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, *, sub_norm_eps: float | None = None, quantize: bool = True) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.quantize = quantize
+        self.sub_norm = None if sub_norm_eps is None else SubLN(in_features, sub_norm_eps, device=device, dtype=dtype)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, sub_norm_eps: float | None, quantize: bool) -> BitLinear:
+        """A ``BitLinear`` that shares ``linear``'s weight and bias Parameters (no copy, no re-initialisation)."""
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta",
+                  sub_norm_eps=None, quantize=quantize)
+        new.weight = linear.weight
+        new.bias = linear.bias
+        if sub_norm_eps is not None:
+            new.sub_norm = SubLN(linear.in_features, sub_norm_eps, device=linear.weight.device, dtype=linear.weight.dtype)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sub_norm is not None:
+            x = self.sub_norm(x)
+        if not self.quantize:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(fake_quantize_activations(x), fake_quantize_weights(self.weight), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, quantize={self.quantize}"
+
+
+class PackedBitLinear(nn.Module):
+    """Inference linear over ternary weights packed 4 per byte (transformers' BitNet layout) and one scale.
+
+    Buffers: ``weight`` uint8 ``(ceil(out / 4), in)``, ``weight_scale`` float32 ``(1,)`` holding ``s = mean(|W|)``
+    (so ``W ~ unpack(weight) * weight_scale``), optional ``bias``. The matmul runs on integer values (int8
+    activations times ternary weights, exact in float32 accumulation) and applies both scales afterwards.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, *, sub_norm_eps: float | None = None) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        rows = -(-out_features // 4)
+        self.register_buffer("weight", torch.zeros(rows, in_features, dtype=torch.uint8, device=device))
+        self.register_buffer("weight_scale", torch.ones(1, dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        self.sub_norm = None if sub_norm_eps is None else SubLN(in_features, sub_norm_eps, device=device, dtype=dtype)
+
+    @classmethod
+    def from_bitlinear(cls, layer: BitLinear, dtype: torch.dtype) -> PackedBitLinear:
+        """Quantize and pack a trained ``BitLinear``; its bias and SubLN gain are cast to ``dtype``."""
+        eps = None if layer.sub_norm is None else layer.sub_norm.eps
+        new = cls(layer.in_features, layer.out_features, layer.bias is not None, device=layer.weight.device,
+                  dtype=dtype, sub_norm_eps=eps)
+        with torch.no_grad():
+            q, scale = quantize_weights(layer.weight)
+            new.weight.copy_(pack_ternary(q))
+            new.weight_scale.fill_(scale.item())
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+            if layer.sub_norm is not None:
+                new.sub_norm.weight.copy_(layer.sub_norm.weight)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sub_norm is not None:
+            x = self.sub_norm(x)
+        xq, absmax = quantize_activations(x)
+        w = unpack_ternary(self.weight, self.out_features, torch.float32)
+        y = F.linear(xq.float(), w) * (absmax / 127.0) * self.weight_scale.float()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

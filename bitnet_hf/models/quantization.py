@@ -1,0 +1,70 @@
+"""BitNet b1.58 numerics: ternary weights, int8 activations, straight-through estimator, 2-bit packing.
+
+The formulas are the ones of BitDistill (arXiv 2510.13998) and its authors' code:
+
+* weights, per tensor:   ``s = mean(|W|)``, ``Wq = clamp(round(W / (s + eps)), -1, 1)``, forward uses ``Wq * s``;
+* activations, per token: ``g = max(|x|)`` over the last dim, ``xq = clamp(round(127 x / (g + eps)), -128, 127)``,
+  forward uses ``xq * g / 127``;
+* gradients pass straight through both quantizers (``x + (q(x) - x).detach()``).
+
+Quantization is computed in float32 whatever the input dtype. Packing reuses the bit layout of
+``transformers.integrations.bitnet`` (4 ternary values per byte, row blocks in bit pairs 0-1, 2-3, 4-5, 6-7).
+
+This file only imports torch and transformers: it travels into saved checkpoints as remote code.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.integrations.bitnet import VALUES_PER_ITEM, pack_weights
+
+EPS = 1e-5
+
+
+def quantize_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor absmean ternary quantization: returns ``(Wq, s)``, ``Wq`` int8 in {-1, 0, 1}, ``s`` float32 scalar."""
+    w = weight.float()
+    scale = w.abs().mean()
+    return (w / (scale + EPS)).round().clamp(-1, 1).to(torch.int8), scale
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax int8 quantization: returns ``(xq, g)``, ``xq`` int8, ``g`` float32 of shape ``x.shape[:-1] + (1,)``."""
+    x = x.float()
+    absmax = x.abs().amax(dim=-1, keepdim=True)
+    return (127.0 * x / (absmax + EPS)).round().clamp(-128, 127).to(torch.int8), absmax
+
+
+def fake_quantize_weights(weight: torch.Tensor) -> torch.Tensor:
+    """``Wq * s`` in the weight's dtype, with straight-through gradients."""
+    q, scale = quantize_weights(weight)
+    return weight + ((q * scale).to(weight.dtype) - weight).detach()
+
+
+def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """``xq * g / 127`` in the input's dtype, with straight-through gradients."""
+    q, absmax = quantize_activations(x)
+    return x + ((q * (absmax / 127.0)).to(x.dtype) - x).detach()
+
+
+def pack_ternary(q: torch.Tensor) -> torch.Tensor:
+    """Pack a ternary matrix ``(out, in)`` into uint8 ``(ceil(out / 4), in)`` in transformers' BitNet layout."""
+    if q.dim() != 2:
+        raise ValueError(f"pack_ternary expects a 2-D weight matrix, got shape {tuple(q.shape)}")
+    if q.numel() and (q.min() < -1 or q.max() > 1):
+        raise ValueError("pack_ternary expects values in {-1, 0, 1}; quantize the weights first")
+    # transformers' pack_weights adds 1 to its argument in place: give it a copy of its own.
+    return pack_weights(q.to(torch.int16).clone())
+
+
+def unpack_ternary(packed: torch.Tensor, out_features: int, dtype: torch.dtype = torch.int8) -> torch.Tensor:
+    """Inverse of :func:`pack_ternary`: uint8 ``(ceil(out / 4), in)`` -> ``(out, in)`` values in {-1, 0, 1}.
+
+    Plain torch (transformers' own ``unpack_weights`` is wrapped in ``torch.compile``, which is slow to warm up on
+    CPU); the test suite checks it bit for bit against transformers'.
+    """
+    rows = packed.shape[0]
+    shifts = torch.arange(0, 2 * VALUES_PER_ITEM, 2, device=packed.device, dtype=torch.uint8)
+    # (4, rows, in): block i holds rows [i * rows, (i + 1) * rows) of the original matrix.
+    blocks = (packed.unsqueeze(0) >> shifts.view(-1, 1, 1)) & 3
+    return (blocks.reshape(VALUES_PER_ITEM * rows, *packed.shape[1:])[:out_features].to(dtype)) - 1

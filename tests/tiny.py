@@ -1,0 +1,48 @@
+"""Tiny random full-precision models of each supported family, built from configs in code (no Hub access)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+VOCAB = 256
+_COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+FAMILIES = {
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=16, tie_word_embeddings=True)),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(tie_word_embeddings=False)),  # Qwen2 carries q/k/v biases
+    "llama": (LlamaConfig, LlamaForCausalLM, dict(tie_word_embeddings=True)),
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, dict(head_dim=16, sliding_window=4, layer_types=[
+        "sliding_attention", "full_attention"], final_logit_softcapping=30.0)),
+}
+
+
+def tiny_config(family: str, **overrides):
+    config_cls, _, extra = FAMILIES[family]
+    return config_cls(**{**_COMMON, **extra, **overrides})
+
+
+def tiny_model(family: str, seed: int = 0, **overrides) -> PreTrainedModel:
+    """A random FP model whose norms and biases are randomised too, so that no weight is a no-op."""
+    torch.manual_seed(seed)
+    model = FAMILIES[family][1](tiny_config(family, **overrides)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                param.normal_(0.5 if "norm" in name and family != "gemma3" else 0.0, 0.2)
+    return model
+
+
+def tokens(batch: int = 2, length: int = 9, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
