@@ -129,10 +129,10 @@ def _require_checkpoint(path: Path) -> None:
 
 
 def _tokenizer_or_none(path: str, auto_tokenizer):  # noqa: ANN001, ANN202 - AutoTokenizer is imported lazily
-    try:
-        return auto_tokenizer.from_pretrained(path)
-    except (OSError, ValueError):
+    # AutoTokenizer builds an empty tokenizer for a folder without tokenizer files; don't copy such a thing along.
+    if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         return None
+    return auto_tokenizer.from_pretrained(path)
 
 
 def _read_texts(path: Path, field: str, limit: int) -> Iterator[str]:

@@ -1,0 +1,75 @@
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from bitnet_hf.cli import main
+from tiny import tiny_model, tokens
+
+
+@pytest.fixture
+def fp_checkpoint(tmp_path):
+    path = tmp_path / "fp"
+    tiny_model("qwen3").save_pretrained(path)
+    return path
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(cmd in out for cmd in ("convert", "pack", "generate"))
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("bitnet-hf")
+    assert exe is not None, "run `make install` (pip install -e .) to get the bitnet-hf command"
+    done = subprocess.run([exe, "convert", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--subln" in done.stdout and "--calibration-data" in done.stdout
+
+
+def test_convert_then_pack(fp_checkpoint, tmp_path, capsys):
+    calibration = tmp_path / "texts.jsonl"
+    calibration.write_text("\n".join(json.dumps({"sentence": "x" * n}) for n in range(1, 5)))
+    # the tiny model has no tokenizer: calibration must say so, before writing anything
+    assert main(["convert", str(fp_checkpoint), str(tmp_path / "bad"), "--calibration-data", str(calibration)]) == 2
+    assert "has no tokenizer" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+    assert main(["convert", str(fp_checkpoint), str(tmp_path / "bitnet"), "--subln", "all"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "bitnet")
+    assert model.config.model_type == "bitnet_qwen3" and model.config.bitnet_subln == "all"
+    assert main(["pack", str(tmp_path / "bitnet"), str(tmp_path / "packed")]) == 0
+    out = capsys.readouterr().out
+    assert "training checkpoint" in out and "deployment checkpoint" in out and "x smaller" in out
+    packed = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", dtype=torch.float32)
+    assert packed.config.bitnet_packed
+    with torch.no_grad():
+        assert packed(tokens()).logits.isfinite().all()
+
+
+def test_bad_input_fails_fast_with_a_clear_message(fp_checkpoint, tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("precious")
+    assert main(["convert", str(fp_checkpoint), str(taken)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+
+    assert main(["pack", str(fp_checkpoint), str(tmp_path / "p")]) == 2
+    assert "convert it first" in capsys.readouterr().err
+
+    assert main(["convert", str(fp_checkpoint), str(tmp_path / "b"), "--calibration-data", str(tmp_path / "no")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+    gpt2 = tmp_path / "gpt2"
+    from transformers import GPT2Config, GPT2LMHeadModel
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(gpt2)
+    assert main(["convert", str(gpt2), str(tmp_path / "g")]) == 2
+    assert "model_type 'gpt2'" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+"""Deployment checkpoints: 2-bit packed ternary weights + one scale per tensor, everything else bf16.
+
+Tolerance. The packed forward multiplies int8 activations by ternary weights exactly and applies both scales after
+the matmul; the training forward multiplies the dequantized values. The two agree up to float reassociation
+(~1e-7 here), except where an activation lies within that error of an int8 rounding boundary: it then moves by
+one int8 step, and everything downstream moves a little (~1e-3). So we assert: almost every logit within 1e-5,
+all within 2% of the logit scale, and identical greedy tokens. The reference is the training model with its
+full-precision tensors rounded to bf16, exactly as the file stores them.
+"""
+
+import copy
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+import bitnet_hf
+from bitnet_hf import BitLinear, PackedBitLinear, convert_to_bitnet, pack_bitnet, save_checkpoint
+from bitnet_hf.convert import size_report
+from tiny import FAMILIES, tiny_model, tokens
+
+
+def bf16_reference(model):
+    """The training model with every tensor except the latent ternary weights rounded through bf16."""
+    ref = copy.deepcopy(model)
+    latent = {id(m.weight) for m in ref.modules() if isinstance(m, BitLinear)}
+    with torch.no_grad():
+        for p in ref.parameters():
+            if id(p) not in latent:
+                p.copy_(p.bfloat16().float())
+    return ref
+
+
+def assert_logits_match(got, expected):
+    close = (got - expected).abs() <= 1e-5
+    assert close.float().mean() > 0.95, f"only {close.float().mean():.1%} of logits within 1e-5"
+    assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_checkpoint_matches_the_quantized_training_forward(family, tmp_path):
+    model = convert_to_bitnet(tiny_model(family)).eval()
+    save_checkpoint(pack_bitnet(model), tmp_path / "packed")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", dtype=torch.float32).eval()
+    assert loaded.config.bitnet_packed
+    linears = [m for m in loaded.modules() if isinstance(m, PackedBitLinear)]
+    assert len(linears) == 7 * loaded.config.num_hidden_layers
+    assert not any(isinstance(m, BitLinear) for m in loaded.modules())
+    x = tokens(batch=4, length=32)
+    with torch.no_grad():
+        assert_logits_match(loaded(x).logits, bf16_reference(model)(x).logits)
+    prompt = tokens(batch=1, length=6)
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(loaded.generate(prompt, **kwargs), bf16_reference(model).generate(prompt, **kwargs))
+
+
+def test_float32_pack_matches_the_training_model_itself():
+    model = convert_to_bitnet(tiny_model("llama")).eval()
+    x = tokens(batch=4, length=32)
+    with torch.no_grad():
+        assert_logits_match(pack_bitnet(model, dtype=torch.float32)(x).logits, model(x).logits)
+
+
+def test_file_layout_and_size(tmp_path):
+    model = convert_to_bitnet(tiny_model("qwen2", hidden_size=128, intermediate_size=256)).eval()
+    packed = pack_bitnet(model)
+    save_checkpoint(packed, tmp_path / "packed")
+    with safe_open(tmp_path / "packed" / "model.safetensors", "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        q_proj = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert dtypes["model.layers.0.self_attn.q_proj.weight"] == "U8"
+    assert dtypes["model.layers.0.self_attn.q_proj.weight_scale"] == "F32"
+    assert dtypes["model.embed_tokens.weight"] == "BF16" and dtypes["lm_head.weight"] == "BF16"
+    assert dtypes["model.layers.0.self_attn.o_proj.sub_norm.weight"] == "BF16"
+    assert dtypes["model.layers.0.self_attn.q_proj.bias"] == "BF16"
+    latent = model.model.layers[0].self_attn.q_proj.weight
+    assert q_proj.shape == (latent.shape[0] // 4, latent.shape[1])
+    from bitnet_hf.models.quantization import quantize_weights, unpack_ternary
+    assert torch.equal(unpack_ternary(q_proj, latent.shape[0]), quantize_weights(latent)[0])
+    report = size_report(packed)
+    assert report["linear_weights"] == sum(m.weight.numel() for m in model.modules() if isinstance(m, BitLinear))
+    assert report["packed_bytes"] * 7.5 <= report["bf16_bytes"]
+
+
+def test_pack_refuses_what_it_cannot_pack():
+    fp = tiny_model("llama")
+    with pytest.raises(TypeError, match="convert it first"):
+        pack_bitnet(fp)
+    with pytest.raises(ValueError, match="bitnet_quantize=False"):
+        pack_bitnet(convert_to_bitnet(fp, quantize=False))
+    with pytest.raises(ValueError, match="already packed"):
+        pack_bitnet(pack_bitnet(convert_to_bitnet(fp)))
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    model = convert_to_bitnet(tiny_model("llama"))
+    out = tmp_path / "ckpt"
+    save_checkpoint(model, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match="not empty"):
+        save_checkpoint(model, out)
+
+    def broken_save(self, path, **kwargs):
+        (path / "model.safetensors").write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(model), "save_pretrained", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(model, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old checkpoint is untouched
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(model, tmp_path / "fresh")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no partial folder, no temporary left
