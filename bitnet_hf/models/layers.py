@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .quantization import (
+    dequantize_activations,
     fake_quantize_activations,
     fake_quantize_weights,
     pack_ternary,
-    quantize_activations,
     quantize_weights,
     unpack_ternary,
 )
@@ -85,8 +85,8 @@ class PackedBitLinear(nn.Module):
     """Inference linear over ternary weights packed 4 per byte (transformers' BitNet layout) and one scale.
 
     Buffers: ``weight`` uint8 ``(ceil(out / 4), in)``, ``weight_scale`` float32 ``(1,)`` holding ``s = mean(|W|)``
-    (so ``W ~ unpack(weight) * weight_scale``), optional ``bias``. The matmul runs on integer values (int8
-    activations times ternary weights, exact in float32 accumulation) and applies both scales afterwards.
+    (so ``W ~ unpack(weight) * weight_scale``), optional ``bias``. This pure-torch forward performs the very
+    operations of ``BitLinear``'s quantized forward, so it reproduces it bit for bit in the same dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | str | None = None,
@@ -119,12 +119,8 @@ class PackedBitLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sub_norm is not None:
             x = self.sub_norm(x)
-        xq, absmax = quantize_activations(x)
-        w = unpack_ternary(self.weight, self.out_features, torch.float32)
-        y = F.linear(xq.float(), w) * (absmax / 127.0) * self.weight_scale.float()
-        if self.bias is not None:
-            y = y + self.bias.float()
-        return y.to(x.dtype)
+        weight = (unpack_ternary(self.weight, self.out_features) * self.weight_scale.float()).to(x.dtype)
+        return F.linear(dequantize_activations(x), weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

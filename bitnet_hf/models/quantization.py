@@ -5,7 +5,9 @@ The formulas are the ones of BitDistill (arXiv 2510.13998) and its authors' code
 * weights, per tensor:   ``s = mean(|W|)``, ``Wq = clamp(round(W / (s + eps)), -1, 1)``, forward uses ``Wq * s``;
 * activations, per token: ``g = max(|x|)`` over the last dim, ``xq = clamp(round(127 x / (g + eps)), -128, 127)``,
   forward uses ``xq * g / 127``;
-* gradients pass straight through both quantizers (``x + (q(x) - x).detach()``).
+* gradients pass straight through both quantizers (the straight-through estimator of ``x + (q(x) - x).detach()``,
+  written as an autograd function so that the forward value is exactly ``q(x)``, without the rounding of
+  ``x + (q(x) - x)``: the deployment model then reproduces the training forward bit for bit).
 
 Quantization is computed in float32 whatever the input dtype. Packing reuses the bit layout of
 ``transformers.integrations.bitnet`` (4 ternary values per byte, row blocks in bit pairs 0-1, 2-3, 4-5, 6-7).
@@ -14,6 +16,8 @@ This file only imports torch and transformers: it travels into saved checkpoints
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from transformers.integrations.bitnet import VALUES_PER_ITEM, pack_weights
@@ -35,16 +39,39 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (127.0 * x / (absmax + EPS)).round().clamp(-128, 127).to(torch.int8), absmax
 
 
+def dequantize_weights(weight: torch.Tensor) -> torch.Tensor:
+    """``Wq * s`` in the weight's dtype (no gradient)."""
+    q, scale = quantize_weights(weight)
+    return (q * scale).to(weight.dtype)
+
+
+def dequantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """``xq * g / 127`` in the input's dtype (no gradient)."""
+    q, absmax = quantize_activations(x)
+    return (q * (absmax / 127.0)).to(x.dtype)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward ``fn(x)``, backward the identity."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
+                ) -> torch.Tensor:
+        return fn(x.detach())
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 def fake_quantize_weights(weight: torch.Tensor) -> torch.Tensor:
     """``Wq * s`` in the weight's dtype, with straight-through gradients."""
-    q, scale = quantize_weights(weight)
-    return weight + ((q * scale).to(weight.dtype) - weight).detach()
+    return _StraightThrough.apply(weight, dequantize_weights)
 
 
 def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
     """``xq * g / 127`` in the input's dtype, with straight-through gradients."""
-    q, absmax = quantize_activations(x)
-    return x + ((q * (absmax / 127.0)).to(x.dtype) - x).detach()
+    return _StraightThrough.apply(x, dequantize_activations)
 
 
 def pack_ternary(q: torch.Tensor) -> torch.Tensor:
