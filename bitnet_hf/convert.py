@@ -32,7 +32,7 @@ Batch = Mapping[str, torch.Tensor]
 
 def supported_model_types() -> list[str]:
     """The full-precision ``model_type`` values that :func:`convert_to_bitnet` accepts."""
-    return sorted({cls.model_type for fp in BITNET_CLASS_FOR for cls in [fp.config_class]})
+    return sorted({fp_class.config_class.model_type for fp_class in BITNET_CLASS_FOR})
 
 
 def convert_to_bitnet(
