@@ -15,6 +15,7 @@ from torch import nn
 
 from .quantization import (
     dequantize_activations,
+    dequantize_ternary,
     fake_quantize_activations,
     fake_quantize_weights,
     pack_ternary,
@@ -119,7 +120,7 @@ class PackedBitLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sub_norm is not None:
             x = self.sub_norm(x)
-        weight = (unpack_ternary(self.weight, self.out_features) * self.weight_scale.float()).to(x.dtype)
+        weight = dequantize_ternary(unpack_ternary(self.weight, self.out_features), self.weight_scale.float(), x.dtype)
         return F.linear(dequantize_activations(x), weight, self.bias)
 
     def extra_repr(self) -> str:

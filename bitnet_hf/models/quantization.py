@@ -39,10 +39,16 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (127.0 * x / (absmax + EPS)).round().clamp(-128, 127).to(torch.int8), absmax
 
 
+def dequantize_ternary(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``q * scale`` cast to ``dtype``: the one place ternary weights become floats, shared by the training and the
+    packed linear so that both compute identical values."""
+    return (q * scale).to(dtype)
+
+
 def dequantize_weights(weight: torch.Tensor) -> torch.Tensor:
     """``Wq * s`` in the weight's dtype (no gradient)."""
     q, scale = quantize_weights(weight)
-    return (q * scale).to(weight.dtype)
+    return dequantize_ternary(q, scale, weight.dtype)
 
 
 def dequantize_activations(x: torch.Tensor) -> torch.Tensor:
