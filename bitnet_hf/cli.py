@@ -1,4 +1,4 @@
-"""The ``bitnet-hf`` command: ``convert``, ``pack`` and ``generate``."""
+"""The ``bitnet-hf`` command: ``convert``, ``pretrain``, ``distill``, ``pack`` and ``generate``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .models.base import SUBLN_PLACEMENTS
@@ -13,7 +14,45 @@ from .models.base import SUBLN_PLACEMENTS
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+@dataclass
+class PretrainArguments:
+    """``bitnet-hf pretrain``: what to train on; every ``TrainingArguments`` option is accepted beside these."""
+
+    model: str = field(metadata={"help": "BitNet training checkpoint (from `bitnet-hf convert`)"})
+    corpus: str = field(metadata={"help": "text/JSONL/JSON/parquet/CSV file, folder or glob, or a Hub dataset name"})
+    text_field: str = field(default="text", metadata={"help": "column holding the text"})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name"})
+    split: str = field(default="train", metadata={"help": "Hub dataset split"})
+    streaming: bool = field(default=False, metadata={"help": "read the corpus lazily (large corpora)"})
+    block_size: int = field(default=512, metadata={"help": "tokens per packed training sequence"})
+    max_tokens: int | None = field(default=None, metadata={"help": "token budget; sets max_steps"})
+
+
+@dataclass
+class DistillArguments:
+    """``bitnet-hf distill``: student, teacher and task data; every ``BitDistillConfig`` option is accepted too."""
+
+    model: str = field(metadata={"help": "student: BitNet training checkpoint (converted, continued-pre-trained)"})
+    train_file: str = field(metadata={"help": "prompt/completion examples: JSONL/JSON/parquet/CSV file or folder"})
+    teacher: str | None = field(default=None, metadata={
+        "help": "full-precision teacher checkpoint (omit with both distillation weights 0 for BitNet-SFT)"})
+    eval_file: str | None = field(default=None, metadata={"help": "held-out examples, same format"})
+    prompt_field: str = field(default="prompt", metadata={"help": "column holding the prompt"})
+    completion_field: str = field(default="completion", metadata={"help": "column holding the answer"})
+
+
+# Commands whose options are dataclass fields, parsed by transformers' HfArgumentParser (so every
+# TrainingArguments option works, and a single .yaml/.json file can hold them all).
+_HF_COMMANDS = {
+    "pretrain": "continued pre-training of a BitNet model with the causal-LM loss (BitDistill stage 2)",
+    "distill": "distillation fine-tuning from a full-precision teacher (BitDistill stage 3)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _HF_COMMANDS:
+        return _hf_command(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="bitnet-hf", description="Turn Hugging Face LLMs into 1.58-bit BitNet models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -32,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=256, help="tokens per calibration sample (default: 256)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the latent weights (default: float32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    for name, text in _HF_COMMANDS.items():  # listed here, parsed by _hf_command
+        sub.add_parser(name, help=text, add_help=False)
 
     p = sub.add_parser("pack", help="BitNet training checkpoint -> packed deployment checkpoint",
                        description="Quantize a BitNet training checkpoint and store its ternary weights packed 4 per "
@@ -54,6 +96,81 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError, TypeError) as error:
         print(f"bitnet-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _hf_command(command: str, argv: list[str]) -> int:
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from .distill import BitDistillConfig
+
+    classes = (PretrainArguments, TrainingArguments) if command == "pretrain" else (DistillArguments, BitDistillConfig)
+    parser = HfArgumentParser(classes, prog=f"bitnet-hf {command}",
+                              description=f"{_HF_COMMANDS[command]}. Takes every option of {classes[1].__name__}, "
+                              "or a single .yaml/.json file holding them.")
+    try:
+        if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+            read = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+            script_args, train_args = read(argv[0])
+        else:
+            script_args, train_args = parser.parse_args_into_dataclasses(argv)
+        return (_pretrain if command == "pretrain" else _distill)(script_args, train_args)
+    except (ValueError, FileExistsError, FileNotFoundError, TypeError, FloatingPointError) as error:
+        print(f"bitnet-hf {command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _pretrain(args: PretrainArguments, train_args) -> int:  # noqa: ANN001 - TrainingArguments, imported lazily
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .data import load_text_dataset
+    from .pretrain import continue_pretraining
+
+    _require_checkpoint(Path(args.model))
+    corpus = load_text_dataset(args.corpus, name=args.dataset_config, split=args.split, streaming=args.streaming)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    trainer = continue_pretraining(model, tokenizer, corpus, train_args, block_size=args.block_size,
+                                   max_tokens=args.max_tokens, text_field=args.text_field)
+    _summary(trainer, "pre-trained")
+    return 0
+
+
+def _distill(args: DistillArguments, config) -> int:  # noqa: ANN001 - BitDistillConfig, imported lazily
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .convert import save_trained_model
+    from .data import load_text_dataset, require_columns
+    from .distill import BitDistillTrainer
+
+    _require_checkpoint(Path(args.model))
+    if args.teacher is not None:
+        _require_checkpoint(Path(args.teacher))
+    datasets = {}
+    for split, path in (("train", args.train_file), ("eval", args.eval_file)):
+        if path is None:
+            continue
+        data = load_text_dataset(path)
+        require_columns(data, [args.prompt_field, args.completion_field], path)
+        datasets[split] = data.rename_columns({k: v for k, v in ((args.prompt_field, "prompt"),
+                                               (args.completion_field, "completion")) if k != v})
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    trainer = BitDistillTrainer(model=AutoModelForCausalLM.from_pretrained(args.model), teacher_model=args.teacher,
+                                args=config, train_dataset=datasets["train"], eval_dataset=datasets.get("eval"),
+                                processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    save_trained_model(trainer, Path(config.output_dir) / "final")
+    _summary(trainer, "distilled")
+    return 0
+
+
+def _summary(trainer, what: str) -> None:  # noqa: ANN001
+    if not trainer.is_world_process_zero():
+        return
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    last = {k: v for k, v in (logged[-1] if logged else {}).items() if k not in ("epoch", "step", "grad_norm")}
+    print(f"{what} for {trainer.state.global_step} steps; last logged: "
+          + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
+    print(f"model: {Path(trainer.args.output_dir) / 'final'}")
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@
   family; the only new parameters are the SubLN gains (ones, or calibrated with :func:`calibrate_subln`).
 * :func:`pack_bitnet` turns a BitNet training model into the deployment model: ternary weights packed 4 per byte
   with one scale per tensor, every other tensor in bf16.
-* :func:`save_checkpoint` writes either atomically (a temporary folder renamed into place).
+* :func:`save_checkpoint` writes either atomically (a temporary folder renamed into place);
+  :func:`save_trained_model` does the same for a model at the end of training.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from .models import BITNET_CLASS_FOR, CONFIG_CLASSES
 from .models.base import SUBLN_PLACEMENTS, BitNetConfigMixin
@@ -206,17 +207,39 @@ def save_checkpoint(
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if path.exists():
-            old = tmp.with_suffix(".old")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
+        _move_into_place(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return path
+
+
+def save_trained_model(trainer: Trainer, path: str | os.PathLike) -> Path:
+    """``trainer.save_model`` (which gathers FSDP / ZeRO-3 shards; the main process writes, with the tokenizer)
+    into a temporary sibling folder, then the main process renames it onto ``path``, replacing what was there.
+    The Trainer's pickled ``training_args.bin`` is replaced by ``training_args.json``: no pickle in a final model."""
+    path = Path(path).absolute()
+    tmp = path.with_name(f".{path.name}.tmp")
+    if trainer.is_world_process_zero() and tmp.exists():
+        shutil.rmtree(tmp)  # left by an interrupted earlier save
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if trainer.is_world_process_zero():
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        (tmp / "training_args.json").write_text(trainer.args.to_json_string())
+        _move_into_place(tmp, path)
+    trainer.accelerator.wait_for_everyone()
+    return path
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    if path.exists():
+        old = tmp.with_suffix(".old")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
 
 
 def _load_full_precision(path: str | os.PathLike, dtype: torch.dtype) -> PreTrainedModel:

@@ -1,0 +1,90 @@
+"""``BitDistillConfig``: ``TrainingArguments`` plus the distillation choices of BitDistill stage 3."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .losses import RELATION_KINDS
+
+# The paper's weights (lambda for logits KD, gamma for attention-relation KD) per kind of task.
+PRESETS: dict[str, tuple[float, float]] = {"classification": (10.0, 1e5), "summarization": (1.0, 1e3)}
+LOSS_TOKENS = ("all", "completion")
+
+
+@dataclass(kw_only=True)
+class BitDistillConfig(TrainingArguments):
+    """Training arguments for ``BitDistillTrainer``: ``L = CE + lambda * logits_KD + gamma * attention_KD``.
+
+    Every ``TrainingArguments`` field works as usual. The distillation fields, with the paper's defaults:
+
+    Args:
+        distill_preset: ``"classification"`` (lambda 10, gamma 1e5) or ``"summarization"`` (lambda 1, gamma 1e3);
+            it fills whichever of the two weights is left unset. Without a preset: classification's.
+        logits_distill_weight: lambda, the weight of ``KL(teacher || student)`` of the output distributions at
+            temperature ``distill_temperature`` (times ``T^2``). 0 turns it off.
+        attention_distill_weight: gamma, the weight of the MiniLM-v2 multi-head Q/K/V relation KD at one layer.
+            0 turns it off. With both weights 0 and no teacher the trainer does plain fine-tuning (BitNet-SFT).
+        distill_temperature: ``T`` of the logits KD.
+        attention_distill_layer: the layer whose Q/K/V relations are distilled, the same index in student and
+            teacher (negative counts from the end). Default: the layer at 80% of each model's depth (22 of 28).
+        relation_heads: relation heads the concatenated Q/K/V heads are re-split into (must divide every Q/K/V
+            width of both models); the same count on both sides makes a teacher of another width usable.
+        relation_kind: ``"scaled_dot"`` (``softmax(A A^T / sqrt(d_r))``, MiniLM-v2 and the paper) or ``"cosine"``
+            (cosine similarity at temperature 1, the authors' code).
+        qkv_weights: weights of the Q, K and V relation terms.
+        loss_tokens: the tokens CE and logits KD count: ``"all"`` real (non-padding) tokens, or ``"completion"``
+            tokens only (prompt/completion data). Default: ``"completion"`` when the dataset has a completion mask,
+            else ``"all"``. The relation KD always spans all real tokens, prompt included.
+        max_length: examples given as ``prompt``/``completion`` text are tokenized and cut to this many tokens.
+    """
+
+    distill_preset: str | None = field(default=None, metadata={
+        "help": "classification (lambda 10, gamma 1e5) or summarization (lambda 1, gamma 1e3)",
+        "choices": sorted(PRESETS)})
+    logits_distill_weight: float | None = field(default=None, metadata={
+        "help": "lambda, weight of the logits KD (default: from the preset, 10)"})
+    attention_distill_weight: float | None = field(default=None, metadata={
+        "help": "gamma, weight of the attention-relation KD (default: from the preset, 1e5)"})
+    distill_temperature: float = field(default=5.0, metadata={"help": "temperature of the logits KD"})
+    attention_distill_layer: int | None = field(default=None, metadata={
+        "help": "layer for the relation KD, negative from the end (default: 80%% of the depth)"})
+    relation_heads: int = field(default=32, metadata={"help": "relation heads Q/K/V are re-split into"})
+    relation_kind: str = field(default="scaled_dot", metadata={
+        "help": "scaled_dot (MiniLM-v2, the paper) or cosine (the authors' code)", "choices": list(RELATION_KINDS)})
+    qkv_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0], metadata={
+        "help": "weights of the Q, K, V relation terms"})
+    loss_tokens: str | None = field(default=None, metadata={
+        "help": "tokens CE and logits KD count: all or completion (default: completion for prompt/completion data)",
+        "choices": list(LOSS_TOKENS)})
+    max_length: int = field(default=512, metadata={"help": "tokens per example when the trainer tokenizes text"})
+    # The collator needs the dataset's own columns (completion_mask, prompt/completion text).
+    remove_unused_columns: bool = field(default=False, metadata={"help": "drop dataset columns the model's forward "
+                                                                 "does not take (keep False for BitDistillTrainer)"})
+
+    def __post_init__(self) -> None:
+        if self.distill_preset is not None and self.distill_preset not in PRESETS:
+            raise ValueError(f"distill_preset={self.distill_preset!r} is not one of {sorted(PRESETS)}")
+        lam, gamma = PRESETS[self.distill_preset or "classification"]
+        if self.logits_distill_weight is None:
+            self.logits_distill_weight = lam
+        if self.attention_distill_weight is None:
+            self.attention_distill_weight = gamma
+        for name in ("logits_distill_weight", "attention_distill_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature={self.distill_temperature} must be > 0")
+        if self.relation_heads < 1:
+            raise ValueError(f"relation_heads={self.relation_heads} must be >= 1")
+        if self.relation_kind not in RELATION_KINDS:
+            raise ValueError(f"relation_kind={self.relation_kind!r} is not one of {RELATION_KINDS}")
+        self.qkv_weights = [float(w) for w in self.qkv_weights]
+        if len(self.qkv_weights) != 3 or min(self.qkv_weights) < 0:
+            raise ValueError(f"qkv_weights={self.qkv_weights} must be three weights >= 0 (Q, K, V)")
+        if self.loss_tokens is not None and self.loss_tokens not in LOSS_TOKENS:
+            raise ValueError(f"loss_tokens={self.loss_tokens!r} is not one of {LOSS_TOKENS}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length={self.max_length} must be >= 2")
+        super().__post_init__()
