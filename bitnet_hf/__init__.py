@@ -6,6 +6,8 @@ Importing this package registers the BitNet families with transformers' Auto cla
 import transformers
 
 from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint
+from .distill import BitDistillConfig, BitDistillTrainer
+from .pretrain import continue_pretraining
 from .models import CONFIG_CLASSES, MODEL_CLASSES
 from .models.layers import BitLinear, PackedBitLinear, SubLN
 
@@ -22,4 +24,5 @@ def _register_auto_classes() -> None:
 
 _register_auto_classes()
 
-__all__ = ["BitLinear", "PackedBitLinear", "SubLN", "convert_to_bitnet", "pack_bitnet", "save_checkpoint"]
+__all__ = ["BitDistillConfig", "BitDistillTrainer", "BitLinear", "PackedBitLinear", "SubLN", "continue_pretraining",
+           "convert_to_bitnet", "pack_bitnet", "save_checkpoint"]

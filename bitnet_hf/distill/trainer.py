@@ -257,7 +257,8 @@ class BitDistillTrainer(Trainer):
             else:
                 values = self.accelerator.reduce(values, reduction="mean") / self._term_batches[mode]
             prefix = "eval_" if mode == "eval" else ""
-            logs = {**logs, **{prefix + n: round(v, 6) for n, v in zip(names, values.tolist())}}
+            # In place: evaluate() returns this very dict, so the eval terms are in its metrics too.
+            logs.update({prefix + n: v for n, v in zip(names, values.tolist())})
             sums.clear()
             self._term_batches[mode] = 0
         super().log(logs, start_time)
