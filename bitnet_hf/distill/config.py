@@ -59,6 +59,9 @@ class BitDistillConfig(TrainingArguments):
         "help": "tokens CE and logits KD count: all or completion (default: completion for prompt/completion data)",
         "choices": list(LOSS_TOKENS)})
     max_length: int = field(default=512, metadata={"help": "tokens per example when the trainer tokenizes text"})
+    # Evaluation reports the loss and its terms; gathering every eval logit (the Trainer's default) costs
+    # batch x length x vocab floats per step for nothing here.
+    prediction_loss_only: bool = field(default=True, metadata={"help": "evaluate the loss only, keep no logits"})
     # The collator needs the dataset's own columns (completion_mask, prompt/completion text).
     remove_unused_columns: bool = field(default=False, metadata={"help": "drop dataset columns the model's forward "
                                                                  "does not take (keep False for BitDistillTrainer)"})

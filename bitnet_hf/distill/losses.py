@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 RELATION_KINDS = ("scaled_dot", "cosine")
 
 # Relation tensors are built for a few relation heads at a time, about this many fp32 elements per model.
-_CHUNK_ELEMENTS = 1 << 24
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def logits_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None,

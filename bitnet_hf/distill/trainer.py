@@ -72,7 +72,8 @@ class BitDistillTrainer(Trainer):
             raise ValueError(f"logits_distill_weight={lam} and attention_distill_weight={gamma} need a teacher_model; "
                              "pass one, or set both weights to 0 for plain fine-tuning (BitNet-SFT)")
         if teacher_model is not None and lam == 0 and gamma == 0:
-            warnings.warn("both distillation weights are 0, so the teacher is not used; it is not loaded on the devices")
+            warnings.warn("both distillation weights are 0, so the teacher is not used; it is not loaded on the devices",
+                          stacklevel=2)
             teacher_model = None
 
         layers = self._check_teacher(model, teacher_model, args) if teacher_model is not None else None
@@ -113,13 +114,15 @@ class BitDistillTrainer(Trainer):
     @staticmethod
     def _check_teacher(student: nn.Module, teacher: nn.Module, args: BitDistillConfig) -> tuple[int, int] | None:
         """Raise on a teacher that cannot teach this student; the (student, teacher) relation layers."""
-        s_vocab, t_vocab = (m.get_output_embeddings().weight.shape[0] for m in (student, teacher))
+        # `ds_shape`: under DeepSpeed ZeRO-3 a loaded model's weights are partitioned and `shape` is empty.
+        s_vocab, t_vocab = (getattr(w, "ds_shape", w.shape)[0] for w in (
+            m.get_output_embeddings().weight for m in (student, teacher)))
         if s_vocab != t_vocab:
             raise ValueError(f"the teacher's vocabulary has {t_vocab} entries and the student's {s_vocab}; logits "
                              "distillation needs the same vocabulary (a teacher of the student's own family/tokenizer)")
         if any(isinstance(m, (BitLinear, PackedBitLinear)) and getattr(m, "quantize", True) for m in teacher.modules()):
             warnings.warn("the teacher has ternary BitNet layers; BitDistill's teacher is the full-precision model "
-                          "fine-tuned on the task (stage 0), is this the right checkpoint?")
+                          "fine-tuned on the task (stage 0), is this the right checkpoint?", stacklevel=3)
         if args.attention_distill_weight > 0:
             layers = []
             for name, model in (("student", student), ("teacher", teacher)):
@@ -135,7 +138,8 @@ class BitDistillTrainer(Trainer):
             return layers[0], layers[1]
         return None
 
-    def _prepare_dataset(self, dataset: Any, tokenizer: PreTrainedTokenizerBase | None, args: BitDistillConfig,
+    @staticmethod
+    def _prepare_dataset(dataset: Any, tokenizer: PreTrainedTokenizerBase | None, args: BitDistillConfig,
                          what: str) -> Any:
         if dataset is None:
             return None
@@ -195,6 +199,9 @@ class BitDistillTrainer(Trainer):
         counts = num_items_in_batch if isinstance(num_items_in_batch, TokenCounts) else self._count(
             [inputs], inputs["input_ids"].device, across_processes=False)
         args = self.args
+        if "labels" not in inputs or "attention_mask" not in inputs:
+            raise ValueError(f"the batch has {sorted(inputs)}; BitDistillTrainer needs `labels` and `attention_mask` "
+                             "(its default CompletionCollator builds both)")
         labels, attention_mask = inputs["labels"], inputs["attention_mask"]
         model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
 
