@@ -20,6 +20,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bitnet_hf import BitDistillConfig, BitDistillTrainer, convert_to_bitnet
+from bitnet_hf.distill import attention_relation_distillation
 from bitnet_hf.offline import smollm2
 
 
@@ -39,7 +40,7 @@ def examples(path: Path, start: int, count: int) -> Dataset:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40, help="0: only the relation-KD scale of both kinds")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--data", type=Path, default=Path(__file__).parents[1] / "../shared/data/sst2/train.jsonl")
@@ -52,15 +53,25 @@ def main() -> None:
     student = convert_to_bitnet(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
                                 calibration_batches=calibration)
     with tempfile.TemporaryDirectory() as out:
-        config = BitDistillConfig(output_dir=out, distill_preset="classification", max_steps=args.steps,
+        config = BitDistillConfig(output_dir=out, distill_preset="classification", max_steps=max(1, args.steps),
                                   per_device_train_batch_size=args.batch, per_device_eval_batch_size=16,
                                   learning_rate=args.lr, warmup_steps=args.steps // 10, logging_steps=10,
                                   report_to=[], save_strategy="no", use_cpu=True, dataloader_pin_memory=False,
                                   disable_tqdm=True, max_length=128)
         trainer = BitDistillTrainer(model=student, teacher_model=teacher, args=config,
-                                    train_dataset=examples(args.data, 1000, args.steps * args.batch),
+                                    train_dataset=examples(args.data, 1000, max(1, args.steps) * args.batch),
                                     eval_dataset=examples(args.data, 100, 64), processing_class=tokenizer)
         layers = trainer._captures[0].layer, trainer._captures[1].layer
+        batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(16)])
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        with torch.no_grad(), trainer._captures[0], trainer._captures[1]:
+            student(**inputs), teacher(**inputs)
+        states = trainer._captures[0].pop(), trainer._captures[1].pop()
+        for kind in ("scaled_dot", "cosine"):
+            value = attention_relation_distillation(*states, batch["attention_mask"].bool(), kind=kind).item()
+            print(f"relation KD before training, {kind:10}: {value:.3e} (x gamma 1e5 = {value * 1e5:.3g})")
+        if args.steps == 0:
+            return
         before = trainer.evaluate()
         start = time.perf_counter()
         trainer.train()
