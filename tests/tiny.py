@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 from transformers import (
     Gemma3ForCausalLM,
@@ -46,3 +49,18 @@ def tiny_model(family: str, seed: int = 0, **overrides) -> PreTrainedModel:
 
 def tokens(batch: int = 2, length: int = 9, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@contextlib.contextmanager
+def kernel(name: str):
+    """Run packed linears with kernel ``name`` inside the block, then restore the process's choice."""
+    from bitnet_hf.models import kernels
+
+    previous = kernels.active_kernel()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # forcing a kernel that cannot run here must not pass silently
+            assert kernels.select_kernel(name) == name
+        yield
+    finally:
+        kernels._state["kernel"] = previous

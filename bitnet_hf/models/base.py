@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 from transformers import initialization as init
 
-from .layers import BitLinear, PackedBitLinear, SubLN
+from .layers import BitLinear, FusedProjections, PackedBitLinear, SubLN
 
 SUBLN_PLACEMENTS = ("paper", "all", "none")
 
@@ -55,6 +55,8 @@ class BitNetModelMixin:
 
     # Projections that get a SubLN with the paper's placement; a family with other names overrides this.
     subln_targets: tuple[str, ...] = ("o_proj", "down_proj")
+    # Sibling projections that read the same input; packed ones run as one kernel call (see FusedProjections).
+    fused_projections: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
     def post_init(self) -> None:
         config = self.config
@@ -72,6 +74,14 @@ class BitNetModelMixin:
                 else:
                     new = BitLinear.from_linear(child, sub_norm_eps=norm_eps, quantize=config.bitnet_quantize)
                 setattr(parent, name, new)
+            if config.bitnet_packed:
+                for names in self.fused_projections:
+                    members = [getattr(parent, n, None) for n in names]
+                    if (all(isinstance(m, PackedBitLinear) and m.sub_norm is None for m in members)
+                            and len({m.in_features for m in members}) == 1):
+                        group = FusedProjections(members)
+                        for m in members:
+                            m.fused = group
         super().post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
