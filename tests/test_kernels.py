@@ -226,3 +226,30 @@ def test_cpu_without_the_instructions_falls_back(fresh_choice, monkeypatch):
     monkeypatch.setattr(kernels, "cpu_supports", lambda name: False)
     chosen, messages = _choose("avx2")
     assert chosen == "int4pack" and len(messages) == 1 and "lacks AVX2" in messages[0]
+
+
+@pytest.mark.parametrize(("mode", "tolerance"), [("int8", 0.02), ("int4", 0.2)])
+def test_quantized_lm_head_option(mode, tolerance, tmp_path):
+    """``bitnet_lm_head`` at load: the head multiplies with a quantized copy (error bounded relative to the largest
+    logit: measured accuracy on SmolLM2 in the README), the tied weight and the file stay as they are."""
+    from transformers import AutoModelForCausalLM
+
+    from bitnet_hf import save_checkpoint
+    from bitnet_hf.models.layers import QuantizedLMHead
+
+    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval()), tmp_path / "packed")
+    full = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").eval()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head=mode).eval()
+    assert type(full.lm_head) is torch.nn.Linear and isinstance(model.lm_head, QuantizedLMHead)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied: one matrix in memory and file
+    x = tokens(batch=2, length=7)
+    with torch.no_grad():
+        expected, logits = full(x).logits.float(), model(x).logits.float()
+        assert (logits - expected).abs().max() <= tolerance * expected.abs().max()
+        assert model.generate(x, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (2, 10)
+    assert torch.equal(model(x).logits, full(x).logits)  # with gradients on: the stored weight, exactly
+    save_checkpoint(model, tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (tmp_path / "packed" / "model.safetensors"
+                                                                       ).read_bytes()
+    with pytest.raises(ValueError, match="bitnet_lm_head"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int2")

@@ -196,3 +196,70 @@ class FusedProjections:
         self._input, self._version = x, x._version
         self._kept = {id(m): y for m, y in zip(self.members, outs) if m is not member}
         return outs[self.members.index(member)]
+
+
+LM_HEAD_MODES = ("full", "int8", "int4")
+
+
+class QuantizedLMHead(nn.Linear):
+    """An output head that multiplies with a quantized copy of its weight on CPU (an option of packed models,
+    ``bitnet_lm_head``); the weight Parameter itself stays as it is (tied to the embeddings, saved unchanged).
+
+    * ``int8``: one absmax scale per output row, ``_weight_int8pack_mm`` (int8 weights, activations unquantized);
+    * ``int4``: groups of 32 columns, asymmetric min/max (16 levels), ``_weight_int4pack_mm_for_cpu``.
+
+    The copy is made at the first call on CPU (for the input's dtype); gradients, other devices and other dtypes
+    use the full-precision weight.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None, *, mode: str) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        if mode not in LM_HEAD_MODES[1:]:
+            raise ValueError(f"QuantizedLMHead mode must be one of {LM_HEAD_MODES[1:]}, got {mode!r}")
+        self.mode = mode
+        self._quantized: tuple[torch.dtype, torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mode: str) -> QuantizedLMHead:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta", mode=mode)
+        new.weight = linear.weight
+        new.bias = linear.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16)
+                or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return F.linear(x, self.weight, self.bias)
+        if self._quantized is None or self._quantized[0] != x.dtype:
+            self._quantized = (x.dtype, *self.quantize(self.weight.detach(), self.mode, x.dtype))
+        _, weight, scales = self._quantized
+        rows = x.reshape(-1, self.in_features)
+        if self.mode == "int8":
+            y = torch.ops.aten._weight_int8pack_mm(rows, weight, scales)
+        else:
+            k_pad = scales.shape[0] * 32 - self.in_features
+            rows = F.pad(rows, (0, k_pad)) if k_pad else rows
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), weight, 32, scales)[:, :self.out_features]
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    @staticmethod
+    def quantize(weight: torch.Tensor, mode: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The quantized weight and its scales (int8) or scales and zeros (int4) for ``dtype`` activations."""
+        w = weight.float()
+        if mode == "int8":
+            scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+            return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale.to(dtype)
+        out_features, in_features = w.shape
+        w = F.pad(w, (0, -in_features % 32, 0, -out_features % 16))
+        groups = w.view(w.shape[0], -1, 32)
+        low, high = groups.amin(-1), groups.amax(-1)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32).view_as(w)
+        # _weight_int4pack_mm_for_cpu dequantizes (q - 8) * scale + zero: zero = low + 8 * scale
+        scales_zeros = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1).contiguous().to(dtype)
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), scales_zeros
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mode={self.mode} on CPU"
