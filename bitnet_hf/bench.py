@@ -126,15 +126,18 @@ def run(checkpoint: str | None = None, *, prompt_tokens: int = 32, new_tokens: i
         machine = machine_description()
         all_variants, sizes, what = prepare(checkpoint, Path(tmp))
         chosen = [v for v in all_variants if variants is None or v.name in variants]
-        workers = {v.name: _Worker(v, prompt_tokens, new_tokens, threads, profile and v.name == "packed")
-                   for v in chosen}
+        workers: dict[str, _Worker] = {}
+        info = {}
         try:
-            info = {name: w.receive() for name, w in workers.items()}  # loaded
+            for v in chosen:  # one at a time: a worker's warm-up would disturb another's
+                workers[v.name] = _Worker(v, prompt_tokens, new_tokens, threads, profile and v.name == "packed")
+                info[v.name] = workers[v.name].receive()  # loaded and warmed up
             per_round: dict[str, list[dict[str, float]]] = {name: [] for name in workers}
             for _ in range(rounds):
                 for name, w in workers.items():
                     w.send("round")
                     per_round[name].append(w.receive())
+            machine["load_average_at_end"] = os.getloadavg()[0]
             final = {}
             for name, w in workers.items():
                 w.send("quit")
@@ -279,7 +282,8 @@ def report(result: dict) -> str:
     machine = result["machine"]
     lines += ["", f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['memory_gib']} GiB, "
               f"ISA {' '.join(machine['isa'])}; Python {machine['python']}, torch {machine['torch']}, transformers "
-              f"{machine['transformers']}; load average at start {machine['load_average_at_start']:.2f}."]
+              f"{machine['transformers']}; load average (1 min) {machine['load_average_at_start']:.2f} at start, "
+              f"{machine['load_average_at_end']:.2f} after the rounds."]
     return "\n".join(lines)
 
 

@@ -246,20 +246,41 @@ class QuantizedLMHead(nn.Linear):
 
     @staticmethod
     def quantize(weight: torch.Tensor, mode: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The quantized weight and its scales (int8) or scales and zeros (int4) for ``dtype`` activations."""
-        w = weight.float()
+        """The quantized weight and its scales (int8) or scales and zeros (int4) for ``dtype`` activations, computed
+        4096 rows at a time into preallocated tensors (a float32 copy of a whole 151936-row head would add 600 MB
+        to the peak memory). int4 still needs the whole matrix as int32 once, for PyTorch's packing op."""
+        out_features, in_features = weight.shape
+        chunk = 4096
         if mode == "int8":
+            q = torch.empty(out_features, in_features, dtype=torch.int8)
+            scales = torch.empty(out_features, dtype=torch.float32)
+            for start in range(0, out_features, chunk):
+                q[start:start + chunk], scales[start:start + chunk] = QuantizedLMHead._quantize_rows(
+                    weight[start:start + chunk], mode)
+            return q, scales.to(dtype)
+        rows, cols = out_features + -out_features % 16, in_features + -in_features % 32
+        q = torch.full((rows, cols), 8, dtype=torch.int32)
+        scales_zeros = torch.zeros(rows, cols // 32, 2, dtype=torch.float32)
+        for start in range(0, out_features, chunk):
+            q[start:start + chunk], scales_zeros[start:start + chunk] = QuantizedLMHead._quantize_rows(
+                weight[start:start + chunk], mode)
+        return (torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1),
+                scales_zeros.transpose(0, 1).contiguous().to(dtype))
+
+    @staticmethod
+    def _quantize_rows(rows: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        w = rows.float()
+        if mode == "int8":  # one absmax scale per row
             scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
-            return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale.to(dtype)
-        out_features, in_features = w.shape
-        w = F.pad(w, (0, -in_features % 32, 0, -out_features % 16))
+            return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+        # int4: groups of 32 columns, asymmetric min/max over 16 levels
+        w = F.pad(w, (0, -w.shape[1] % 32))
         groups = w.view(w.shape[0], -1, 32)
         low, high = groups.amin(-1), groups.amax(-1)
         scale = ((high - low) / 15).clamp(min=1e-12)
         q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32).view_as(w)
         # _weight_int4pack_mm_for_cpu dequantizes (q - 8) * scale + zero: zero = low + 8 * scale
-        scales_zeros = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1).contiguous().to(dtype)
-        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), scales_zeros
+        return q, torch.stack([scale, low + 8 * scale], dim=-1)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mode={self.mode} on CPU"
