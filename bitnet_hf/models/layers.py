@@ -131,9 +131,9 @@ class PackedBitLinear(nn.Module):
 
     def kernel_for(self, x: torch.Tensor) -> str:
         """The kernel that runs this layer on ``x``."""
+        wants_grad = torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad))
         if (x.device.type != "cpu" or self.weight.device.type != "cpu"
-                or x.dtype not in (torch.float32, torch.bfloat16)
-                or (torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)))):
+                or x.dtype not in (torch.float32, torch.bfloat16) or wants_grad):
             return "torch"
         return cpu_kernel()
 
