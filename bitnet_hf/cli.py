@@ -1,4 +1,4 @@
-"""The ``bitnet-hf`` command: ``convert``, ``pretrain``, ``distill``, ``pack`` and ``generate``."""
+"""The ``bitnet-hf`` command: ``convert``, ``pretrain``, ``distill``, ``pack``, ``generate`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
 
+    _add_bench_parser(sub)
+
     args = parser.parse_args(argv)
     try:
-        return {"convert": _convert, "pack": _pack, "generate": _generate}[args.command](args)
+        return {"convert": _convert, "pack": _pack, "generate": _generate, "bench": _bench}[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError, TypeError) as error:
         print(f"bitnet-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -237,6 +239,45 @@ def _generate(args: argparse.Namespace) -> int:
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
     print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    return 0
+
+
+def _add_bench_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
+    p = sub.add_parser("bench", help="CPU speed, memory and size: bf16 vs fp32 vs packed ternary, side by side",
+                       description="Build the same model in bf16, fp32 and packed ternary (lm_head full, int8, int4), "
+                       "load each in its own process and measure decode and prefill speed inside generate, peak "
+                       "RSS and checkpoint size, in interleaved rounds; print ratios to bf16. Default subject: a "
+                       "random model of Qwen3-0.6B's shape.")
+    p.add_argument("--checkpoint", help="a full-precision or packed BitNet checkpoint folder instead of the default")
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--variants", help="comma-separated subset of: bf16, fp32, packed, 'packed+int8 head', "
+                   "'packed+int4 head'")
+    p.add_argument("--profile", action="store_true", help="also profile one generate of the packed model")
+    p.add_argument("--output", type=Path, help="write the result here as Markdown (and JSON beside it)")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import report, run
+
+    if args.checkpoint is not None:
+        _require_checkpoint(Path(args.checkpoint))
+    if min(args.prompt_tokens, args.new_tokens, args.threads, args.rounds) < 1 or args.new_tokens < 2:
+        raise ValueError("--prompt-tokens, --threads and --rounds must be >= 1 and --new-tokens >= 2")
+    variants = None if args.variants is None else [v.strip() for v in args.variants.split(",")]
+    result = run(args.checkpoint, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, threads=args.threads,
+                 rounds=args.rounds, variants=variants, profile=args.profile)
+    text = report(result)
+    print(text)
+    profile = result["final"].get("packed", {}).get("profile")
+    if profile:
+        print("\nProfile of one generate of the packed model (torch.profiler, by self CPU time):\n" + profile)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + ("\n\n```\n" + profile + "```\n" if profile else "\n"))
+        args.output.with_suffix(".json").write_text(json.dumps(result, indent=1))
     return 0
 
 

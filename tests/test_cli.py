@@ -73,3 +73,17 @@ def test_bad_input_fails_fast_with_a_clear_message(fp_checkpoint, tmp_path, caps
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(gpt2)
     assert main(["convert", str(gpt2), str(tmp_path / "g")]) == 2
     assert "model_type 'gpt2'" in capsys.readouterr().err
+
+
+def test_bench_measures_every_variant_side_by_side(fp_checkpoint, tmp_path, capsys):
+    out = tmp_path / "result.md"
+    assert main(["bench", "--checkpoint", str(fp_checkpoint), "--prompt-tokens", "4", "--new-tokens", "3",
+                 "--threads", "1", "--rounds", "2", "--variants", "bf16,packed", "--output", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert set(result["per_round"]) == {"bf16", "packed"} and all(len(v) == 2 for v in result["per_round"].values())
+    assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 for v in result["per_round"].values() for r in v)
+    assert result["checkpoint_bytes"]["packed"] < result["checkpoint_bytes"]["bf16"]
+    assert all(f["peak_rss_mib"] > 0 for f in result["final"].values())
+    text = capsys.readouterr().out
+    assert "| bf16 | torch (oneDNN) |" in text and "| packed |" in text and out.read_text().startswith(text.split("\n")[0])
+    assert main(["bench", "--new-tokens", "1"]) == 2

@@ -4,7 +4,8 @@ Tolerance: none. The packed forward performs the very operations of the training
 (dequantize int8 activations and ternary weights, then one ``F.linear``), and the straight-through estimator is an
 autograd function whose forward value is exactly the dequantized tensor. So the packed model reproduces the training
 model bit for bit, once the training model's full-precision tensors are rounded to bf16 as the file stores them
-(or exactly the training model itself with ``dtype=float32``). Greedy tokens are then equal as a consequence.
+(or exactly the training model itself with ``dtype=float32``). Greedy tokens are then equal as a consequence. This is the claim of the ``torch`` kernel, which these tests force; the
+C++ kernels have their own (integer-exact) claim, checked in ``test_kernels.py``.
 """
 
 import copy
@@ -17,7 +18,13 @@ from transformers import AutoModelForCausalLM
 import bitnet_hf
 from bitnet_hf import BitLinear, PackedBitLinear, convert_to_bitnet, pack_bitnet, save_checkpoint
 from bitnet_hf.convert import size_report
-from tiny import FAMILIES, tiny_model, tokens
+from tiny import FAMILIES, kernel, tiny_model, tokens
+
+
+@pytest.fixture(autouse=True)
+def reference_kernel():
+    with kernel("torch"):
+        yield
 
 
 def bf16_reference(model):

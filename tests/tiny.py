@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 from transformers import (
     Gemma3ForCausalLM,
@@ -60,3 +63,18 @@ def tiny_tokenizer():
     backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>")
+
+
+@contextlib.contextmanager
+def kernel(name: str):
+    """Run packed linears with kernel ``name`` inside the block, then restore the process's choice."""
+    from bitnet_hf.models import kernels
+
+    previous = kernels.active_kernel()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # forcing a kernel that cannot run here must not pass silently
+            assert kernels.select_kernel(name) == name
+        yield
+    finally:
+        kernels._state["kernel"] = previous

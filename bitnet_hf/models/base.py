@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 from transformers import initialization as init
 
-from .layers import BitLinear, PackedBitLinear, SubLN
+from .layers import LM_HEAD_MODES, BitLinear, FusedProjections, PackedBitLinear, QuantizedLMHead, SubLN
 
 SUBLN_PLACEMENTS = ("paper", "all", "none")
 
@@ -32,15 +32,22 @@ class BitNetConfigMixin:
             the model then computes exactly what its full-precision family computes, plus SubLN.
         bitnet_packed: deployment format: decoder projections hold 2-bit packed ternary weights and a scale
             (``PackedBitLinear``) instead of latent full-precision weights (``BitLinear``).
+        bitnet_lm_head: how a packed causal LM multiplies with its output head on CPU: ``"full"`` with the stored
+            weight (exact), ``"int8"`` or ``"int4"`` with a quantized copy made at load (``QuantizedLMHead``;
+            faster, at the accuracy cost measured in the README). The file is the same for all three; choose at
+            load with ``from_pretrained(path, bitnet_lm_head="int8")``.
     """
 
     bitnet_subln: str = "paper"
     bitnet_quantize: bool = True
     bitnet_packed: bool = False
+    bitnet_lm_head: str = "full"
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.bitnet_subln not in SUBLN_PLACEMENTS:
             raise ValueError(f"bitnet_subln={self.bitnet_subln!r} is not a SubLN placement; use one of {SUBLN_PLACEMENTS}")
+        if self.bitnet_lm_head not in LM_HEAD_MODES:
+            raise ValueError(f"bitnet_lm_head={self.bitnet_lm_head!r} is not one of {LM_HEAD_MODES}")
         if self.bitnet_packed and not self.bitnet_quantize:
             raise ValueError("bitnet_packed=True stores quantized weights, so it needs bitnet_quantize=True")
         super().__post_init__(**kwargs)
@@ -55,6 +62,8 @@ class BitNetModelMixin:
 
     # Projections that get a SubLN with the paper's placement; a family with other names overrides this.
     subln_targets: tuple[str, ...] = ("o_proj", "down_proj")
+    # Sibling projections that read the same input; packed ones run as one kernel call (see FusedProjections).
+    fused_projections: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
     def post_init(self) -> None:
         config = self.config
@@ -72,6 +81,19 @@ class BitNetModelMixin:
                 else:
                     new = BitLinear.from_linear(child, sub_norm_eps=norm_eps, quantize=config.bitnet_quantize)
                 setattr(parent, name, new)
+            if config.bitnet_packed:
+                for names in self.fused_projections:
+                    members = [getattr(parent, n, None) for n in names]
+                    if (all(isinstance(m, PackedBitLinear) and m.sub_norm is None for m in members)
+                            and len({m.in_features for m in members}) == 1):
+                        group = FusedProjections(members)
+                        for m in members:
+                            m.fused = group
+        if config.bitnet_lm_head not in LM_HEAD_MODES:  # set after __post_init__ by from_pretrained's kwargs
+            raise ValueError(f"bitnet_lm_head={config.bitnet_lm_head!r} is not one of {LM_HEAD_MODES}")
+        if config.bitnet_packed and config.bitnet_lm_head != "full" and isinstance(getattr(self, "lm_head", None),
+                                                                                  nn.Linear):
+            self.lm_head = QuantizedLMHead.from_linear(self.lm_head, config.bitnet_lm_head)
         super().post_init()
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import active_kernel, cpu_kernel, int4pack_linear, int4pack_weight, ternary_linear
 from .quantization import (
     dequantize_activations,
     dequantize_ternary,
@@ -86,8 +87,17 @@ class PackedBitLinear(nn.Module):
     """Inference linear over ternary weights packed 4 per byte (transformers' BitNet layout) and one scale.
 
     Buffers: ``weight`` uint8 ``(ceil(out / 4), in)``, ``weight_scale`` float32 ``(1,)`` holding ``s = mean(|W|)``
-    (so ``W ~ unpack(weight) * weight_scale``), optional ``bias``. This pure-torch forward performs the very
-    operations of ``BitLinear``'s quantized forward, so it reproduces it bit for bit in the same dtype.
+    (so ``W ~ unpack(weight) * weight_scale``), optional ``bias``.
+
+    The forward runs one of the kernels of ``kernels.py``, chosen once per process (``repr`` shows it):
+
+    * on CPU, without gradients, in float32 or bfloat16: the C++ ternary kernel (``vnni`` / ``avx2``: same integer
+      dot products as the reference, scaled in float32) or ``int4pack``;
+    * everywhere else (CUDA, other dtypes, autograd, ``BITNET_HF_KERNEL=torch``): the reference forward, which
+      performs the very operations of ``BitLinear``'s quantized forward and so reproduces it bit for bit.
+
+    Sibling layers that read the same input (q/k/v, gate/up) may share a :class:`FusedProjections`: the first one
+    called computes all of them with one activation quantization.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | str | None = None,
@@ -100,6 +110,8 @@ class PackedBitLinear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(1, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         self.sub_norm = None if sub_norm_eps is None else SubLN(in_features, sub_norm_eps, device=device, dtype=dtype)
+        self.fused: FusedProjections | None = None
+        self._int4pack: tuple[torch.dtype, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_bitlinear(cls, layer: BitLinear, dtype: torch.dtype) -> PackedBitLinear:
@@ -117,11 +129,158 @@ class PackedBitLinear(nn.Module):
                 new.sub_norm.weight.copy_(layer.sub_norm.weight)
         return new
 
+    def kernel_for(self, x: torch.Tensor) -> str:
+        """The kernel that runs this layer on ``x``."""
+        wants_grad = torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad))
+        if (x.device.type != "cpu" or self.weight.device.type != "cpu"
+                or x.dtype not in (torch.float32, torch.bfloat16) or wants_grad):
+            return "torch"
+        return cpu_kernel()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sub_norm is not None:
             x = self.sub_norm(x)
+        kernel = self.kernel_for(x)
+        if kernel in ("vnni", "avx2"):
+            if self.fused is not None:
+                return self.fused.output(self, x, kernel)
+            return ternary_linear(x, [self], kernel)[0]
+        if kernel == "int4pack":
+            return self._int4pack_forward(x)
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``torch`` kernel (after SubLN): unpack, dequantize, ``F.linear``; bit for bit ``BitLinear``'s."""
         weight = dequantize_ternary(unpack_ternary(self.weight, self.out_features), self.weight_scale.float(), x.dtype)
         return F.linear(dequantize_activations(x), weight, self.bias)
 
+    def _int4pack_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The int4 copy (2x the packed size) is made on first use, for the dtype of the activations.
+        if self._int4pack is None or self._int4pack[0] != x.dtype:
+            q = unpack_ternary(self.weight, self.out_features)
+            self._int4pack = (x.dtype, *int4pack_weight(q, self.weight_scale, x.dtype))
+        y = int4pack_linear(dequantize_activations(x), self._int4pack[1], self._int4pack[2], self.out_features)
+        return y if self.bias is None else y + self.bias
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        fused = "" if self.fused is None else f", fused={len(self.fused.members)}"
+        kernel = active_kernel() or "chosen at first call"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"kernel={kernel} on CPU, torch elsewhere{fused}")
+
+
+class FusedProjections:
+    """Packed linears of one block that read the same input (q/k/v, gate/up).
+
+    The first member called with an input runs all members in one kernel call (one activation quantization, one
+    parallel loop) and keeps the other outputs; a member then called with that very tensor (same object, not
+    modified in place since) gets its kept output. Any other call computes afresh, so the result never depends on
+    the calling order. Only the C++ kernels use it; the weights stay in their own modules (and files).
+    """
+
+    def __init__(self, members: list[PackedBitLinear]) -> None:
+        if any(m.sub_norm is not None for m in members) or len({m.in_features for m in members}) != 1:
+            raise ValueError("fused projections need one input width and no SubLN of their own")
+        self.members = members
+        self._input: torch.Tensor | None = None
+        self._version = -1
+        self._kept: dict[int, torch.Tensor] = {}
+
+    def output(self, member: PackedBitLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
+        kept = self._kept.pop(id(member), None)
+        if kept is not None and self._input is x and self._version == x._version:
+            if not self._kept:
+                self._input = None
+            return kept
+        outs = ternary_linear(x, self.members, kernel)
+        self._input, self._version = x, x._version
+        self._kept = {id(m): y for m, y in zip(self.members, outs) if m is not member}
+        return outs[self.members.index(member)]
+
+
+LM_HEAD_MODES = ("full", "int8", "int4")
+
+
+class QuantizedLMHead(nn.Linear):
+    """An output head that multiplies with a quantized copy of its weight on CPU (an option of packed models,
+    ``bitnet_lm_head``); the weight Parameter itself stays as it is (tied to the embeddings, saved unchanged).
+
+    * ``int8``: one absmax scale per output row, ``_weight_int8pack_mm`` (int8 weights, activations unquantized);
+    * ``int4``: groups of 32 columns, asymmetric min/max (16 levels), ``_weight_int4pack_mm_for_cpu``.
+
+    The copy is made at the first call on CPU (for the input's dtype); gradients, other devices and other dtypes
+    use the full-precision weight.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None, *, mode: str) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        if mode not in LM_HEAD_MODES[1:]:
+            raise ValueError(f"QuantizedLMHead mode must be one of {LM_HEAD_MODES[1:]}, got {mode!r}")
+        self.mode = mode
+        self._quantized: tuple[torch.dtype, torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mode: str) -> QuantizedLMHead:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta", mode=mode)
+        new.weight = linear.weight
+        new.bias = linear.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16)
+                or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return F.linear(x, self.weight, self.bias)
+        if self._quantized is None or self._quantized[0] != x.dtype:
+            self._quantized = (x.dtype, *self.quantize(self.weight.detach(), self.mode, x.dtype))
+        _, weight, scales = self._quantized
+        rows = x.reshape(-1, self.in_features)
+        if self.mode == "int8":
+            y = torch.ops.aten._weight_int8pack_mm(rows, weight, scales)
+        else:
+            k_pad = scales.shape[0] * 32 - self.in_features
+            rows = F.pad(rows, (0, k_pad)) if k_pad else rows
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), weight, 32, scales)[:, :self.out_features]
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    @staticmethod
+    def quantize(weight: torch.Tensor, mode: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The quantized weight and its scales (int8) or scales and zeros (int4) for ``dtype`` activations, computed
+        4096 rows at a time into preallocated tensors (a float32 copy of a whole 151936-row head would add 600 MB
+        to the peak memory). int4 still needs the whole matrix as int32 once, for PyTorch's packing op."""
+        out_features, in_features = weight.shape
+        chunk = 4096
+        if mode == "int8":
+            q = torch.empty(out_features, in_features, dtype=torch.int8)
+            scales = torch.empty(out_features, dtype=torch.float32)
+            for start in range(0, out_features, chunk):
+                q[start:start + chunk], scales[start:start + chunk] = QuantizedLMHead._quantize_rows(
+                    weight[start:start + chunk], mode)
+            return q, scales.to(dtype)
+        rows, cols = out_features + -out_features % 16, in_features + -in_features % 32
+        q = torch.full((rows, cols), 8, dtype=torch.int32)
+        scales_zeros = torch.zeros(rows, cols // 32, 2, dtype=torch.float32)
+        for start in range(0, out_features, chunk):
+            q[start:start + chunk], scales_zeros[start:start + chunk] = QuantizedLMHead._quantize_rows(
+                weight[start:start + chunk], mode)
+        return (torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1),
+                scales_zeros.transpose(0, 1).contiguous().to(dtype))
+
+    @staticmethod
+    def _quantize_rows(rows: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        w = rows.float()
+        if mode == "int8":  # one absmax scale per row
+            scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+            return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+        # int4: groups of 32 columns, asymmetric min/max over 16 levels
+        w = F.pad(w, (0, -w.shape[1] % 32))
+        groups = w.view(w.shape[0], -1, 32)
+        low, high = groups.amin(-1), groups.amax(-1)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32).view_as(w)
+        # _weight_int4pack_mm_for_cpu dequantizes (q - 8) * scale + zero: zero = low + 8 * scale
+        return q, torch.stack([scale, low + 8 * scale], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mode={self.mode} on CPU"

@@ -1,0 +1,434 @@
+"""Fast CPU kernels for packed BitNet linears, JIT-compiled on first use, with a correct fallback everywhere.
+
+Kernels (``BITNET_HF_KERNEL`` forces one; ``auto``, the default, takes the first that works here):
+
+* ``vnni``: AVX-512 VNNI (``vpdpbusd``) ternary matmul straight on transformers' 2-bit layout. Each byte of the
+  packed matrix holds rows ``r, r + R, r + 2R, r + 3R`` of one column (``R = ceil(out / 4)``), so one 64-byte load
+  unpacks (two shifts and a mask) into 64 columns of 4 output rows, multiplied with 64 int8 activations. The 2-bit
+  code is ``w + 1`` in {0, 1, 2}, an unsigned byte, exactly what ``vpdpbusd`` wants: ``sum((w + 1) x) - sum(x)`` is
+  the ternary dot product. No repacking, no extra memory: the file layout is the kernel layout.
+* ``avx2``: the same with ``vpmaddubsw`` / ``vpmaddwd`` on 32 columns.
+* ``int4pack``: no compiler needed: the ternary weights stored exactly as int4 (2x the packed size) through
+  PyTorch's ``_weight_int4pack_mm_for_cpu``, fed the dequantized int8 activations.
+* ``torch``: unpack and ``F.linear`` at every call (``PackedBitLinear``'s reference forward; any device).
+
+Exactness. ``vnni`` and ``avx2`` quantize the activations exactly as :func:`quantize_activations` does (same
+float32 operations, round half to even) and compute the same integer dot products ``xq . wq`` as the reference;
+they then scale in float32: ``y = float(dot) * ((absmax / 127) * weight_scale) (+ bias)``, rounded once to the
+input dtype. So they equal that expression of the integer reference bit for bit; against the ``torch`` path (which
+rounds ``xq * absmax / 127`` and ``wq * s`` to the input dtype before a float matmul) they differ by float rounding
+only. ``int4pack`` multiplies the same dequantized values as the ``torch`` path, in another summation order.
+
+The C++ source below is compiled with ``torch.utils.cpp_extension.load_inline`` into
+``$BITNET_HF_CACHE/kernels`` (default ``~/.cache/bitnet_hf/kernels``), once per source version; later processes
+load the cached library in a fraction of a second. ISA-specific functions carry ``target`` attributes and are
+called only after a CPUID check, so the library is portable. No compiler, a read-only cache, or a CPU without the
+instructions each give one warning and the next kernel, never a crash.
+
+This file only imports torch, transformers and its own folder: it travels into saved checkpoints as remote code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+KERNELS = ("vnni", "avx2", "int4pack", "torch")
+ENV_VAR = "BITNET_HF_KERNEL"
+_ISA = {"avx2": 1, "vnni": 2}
+
+_SOURCE = r"""
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int kAvx2 = 1;
+constexpr int kVnni = 2;
+
+bool isa_supported(int64_t isa) {
+  __builtin_cpu_init();
+  if (isa == kAvx2) return __builtin_cpu_supports("avx2");
+  if (isa == kVnni) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+                           && __builtin_cpu_supports("avx512vnni");
+  return false;
+}
+
+// Per-token absmax int8 quantization, the float32 operations of quantize_activations():
+// xq = clamp(round(127 * x / (absmax + 1e-5)), -128, 127), round half to even. Rows padded with zeros to Kp.
+template <typename T>
+void quantize_rows(const T* x, int64_t M, int64_t K, int64_t Kp, int8_t* xq, float* absmax, int32_t* xsum) {
+  for (int64_t m = 0; m < M; ++m) {
+    const T* row = x + m * K;
+    float amax = 0.f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(static_cast<float>(row[k])));
+    const float denom = amax + 1e-5f;
+    int32_t sum = 0;
+    int8_t* q = xq + m * Kp;
+    for (int64_t k = 0; k < K; ++k) {
+      float v = std::nearbyint((127.f * static_cast<float>(row[k])) / denom);
+      v = std::min(std::max(v, -128.f), 127.f);
+      q[k] = static_cast<int8_t>(v);
+      sum += q[k];
+    }
+    std::memset(q + K, 0, Kp - K);
+    absmax[m] = amax;
+    xsum[m] = sum;
+  }
+}
+
+// Sums of (w + 1) * x for the 4 rows held by packed row `w` (length K) and T tokens: out[t * 4 + plane].
+// Accumulators are named variables, not arrays: GCC keeps arrays of vectors on the stack.
+#define BITNET_VNNI_TOKEN(t)                                                  \
+  if constexpr (T > t) {                                                      \
+    const __m512i x = _mm512_loadu_si512(xq + t * Kp + k);                    \
+    a##t##0 = _mm512_dpbusd_epi32(a##t##0, p0, x);                            \
+    a##t##1 = _mm512_dpbusd_epi32(a##t##1, p1, x);                            \
+    a##t##2 = _mm512_dpbusd_epi32(a##t##2, p2, x);                            \
+    a##t##3 = _mm512_dpbusd_epi32(a##t##3, p3, x);                            \
+  }
+#define BITNET_VNNI_STORE(t) \
+  if constexpr (T > t) reduce4_512(a##t##0, a##t##1, a##t##2, a##t##3, out + t * 4);
+
+__attribute__((target("avx512f,avx512bw")))
+inline void reduce4_512(__m512i a0, __m512i a1, __m512i a2, __m512i a3, int32_t* out) {
+  const __m512i b0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+  const __m512i b1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+  const __m512i c = _mm512_add_epi32(_mm512_unpacklo_epi64(b0, b1), _mm512_unpackhi_epi64(b0, b1));
+  const __m256i d = _mm256_add_epi32(_mm512_castsi512_si256(c), _mm512_extracti64x4_epi64(c, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                   _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1)));
+}
+
+template <int T>
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+inline void ternary_dots_vnni(const uint8_t* w, int64_t K, const int8_t* xq, int64_t Kp, int32_t* out) {
+  const __m512i mask2 = _mm512_set1_epi8(3);
+  __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
+          a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+  for (int64_t k = 0; k < K; k += 64) {
+    const __m512i v = K - k >= 64 ? _mm512_loadu_si512(w + k)
+                                  : _mm512_maskz_loadu_epi8((__mmask64(1) << (K - k)) - 1, w + k);
+    const __m512i p0 = _mm512_and_si512(v, mask2);
+    const __m512i p1 = _mm512_and_si512(_mm512_srli_epi16(v, 2), mask2);
+    const __m512i p2 = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask2);
+    const __m512i p3 = _mm512_and_si512(_mm512_srli_epi16(v, 6), mask2);
+    BITNET_VNNI_TOKEN(0) BITNET_VNNI_TOKEN(1) BITNET_VNNI_TOKEN(2) BITNET_VNNI_TOKEN(3)
+  }
+  BITNET_VNNI_STORE(0) BITNET_VNNI_STORE(1) BITNET_VNNI_STORE(2) BITNET_VNNI_STORE(3)
+}
+
+#define BITNET_AVX2_TOKEN(t)                                                                     \
+  if constexpr (T > t) {                                                                         \
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * Kp + k));     \
+    a##t##0 = _mm256_add_epi32(a##t##0, _mm256_madd_epi16(_mm256_maddubs_epi16(p0, x), ones));  \
+    a##t##1 = _mm256_add_epi32(a##t##1, _mm256_madd_epi16(_mm256_maddubs_epi16(p1, x), ones));  \
+    a##t##2 = _mm256_add_epi32(a##t##2, _mm256_madd_epi16(_mm256_maddubs_epi16(p2, x), ones));  \
+    a##t##3 = _mm256_add_epi32(a##t##3, _mm256_madd_epi16(_mm256_maddubs_epi16(p3, x), ones));  \
+  }
+#define BITNET_AVX2_STORE(t) \
+  if constexpr (T > t) reduce4_256(a##t##0, a##t##1, a##t##2, a##t##3, out + t * 4);
+
+__attribute__((target("avx2")))
+inline void reduce4_256(__m256i a0, __m256i a1, __m256i a2, __m256i a3, int32_t* out) {
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                   _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+}
+
+// (w + 1) * x pairs fit int16 in vpmaddubsw: |2 * 2 * 128| < 2^15. At most 2 tokens: 16 ymm registers.
+template <int T>
+__attribute__((target("avx2")))
+inline void ternary_dots_avx2(const uint8_t* w, int64_t K, const int8_t* xq, int64_t Kp, int32_t* out) {
+  static_assert(T <= 2, "AVX2 has registers for 2 tokens");
+  const __m256i mask2 = _mm256_set1_epi8(3);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
+          a13 = a00;
+  alignas(32) uint8_t tail[32];
+  for (int64_t k = 0; k < K; k += 32) {
+    __m256i v;
+    if (K - k >= 32) {
+      v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+    } else {
+      std::memset(tail, 0, 32);
+      std::memcpy(tail, w + k, K - k);
+      v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
+    }
+    const __m256i p0 = _mm256_and_si256(v, mask2);
+    const __m256i p1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), mask2);
+    const __m256i p2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask2);
+    const __m256i p3 = _mm256_and_si256(_mm256_srli_epi16(v, 6), mask2);
+    BITNET_AVX2_TOKEN(0) BITNET_AVX2_TOKEN(1)
+  }
+  BITNET_AVX2_STORE(0) BITNET_AVX2_STORE(1)
+}
+
+// Dot products of one packed row with tokens [0, nt), nt <= 4 (vnni) or 2 (avx2): out[t * 4 + plane].
+inline void ternary_dots(int isa, int64_t nt, const uint8_t* w, int64_t K, const int8_t* xq, int64_t Kp,
+                         int32_t* out) {
+  if (isa == kVnni) {
+    if (nt == 4) ternary_dots_vnni<4>(w, K, xq, Kp, out);
+    else if (nt == 3) ternary_dots_vnni<3>(w, K, xq, Kp, out);
+    else if (nt == 2) ternary_dots_vnni<2>(w, K, xq, Kp, out);
+    else ternary_dots_vnni<1>(w, K, xq, Kp, out);
+  } else {
+    if (nt == 2) ternary_dots_avx2<2>(w, K, xq, Kp, out);
+    else ternary_dots_avx2<1>(w, K, xq, Kp, out);
+  }
+}
+
+template <typename T>
+void store(T* out, float v) { *out = static_cast<T>(v); }
+
+// y[m, n] = float(sum_k xq[m, k] * wq[n, k]) * ((absmax[m] / 127) * scale) (+ bias[n]), for each weight of
+// `weights` (uint8, transformers' packed layout) read with the same activations. One parallel loop over all
+// packed rows of all weights.
+template <typename T>
+std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                                           const std::vector<float>& scales,
+                                           const std::vector<std::optional<at::Tensor>>& biases,
+                                           const std::vector<int64_t>& out_features, int isa) {
+  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t Kp = (K + 63) / 64 * 64;
+  std::vector<int8_t> xq(M * Kp);
+  std::vector<float> absmax(M);
+  std::vector<int32_t> xsum(M);
+  quantize_rows(x.data_ptr<T>(), M, K, Kp, xq.data(), absmax.data(), xsum.data());
+
+  const size_t n = weights.size();
+  std::vector<at::Tensor> outs;
+  std::vector<int64_t> first_row(n + 1, 0);  // flattened packed-row index where each weight starts
+  for (size_t i = 0; i < n; ++i) {
+    outs.push_back(at::empty({M, out_features[i]}, x.options()));
+    first_row[i + 1] = first_row[i] + weights[i].size(0);
+  }
+  const int64_t total_rows = first_row[n];
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K * M / 64));
+  const int64_t tokens = isa == kVnni ? 4 : 2;
+  at::parallel_for(0, total_rows, grain, [&](int64_t begin, int64_t end) {
+    int32_t dots[16];
+    size_t i = 0;
+    for (int64_t flat = begin; flat < end; ++flat) {
+      while (flat >= first_row[i + 1]) ++i;
+      const int64_t r = flat - first_row[i], R = weights[i].size(0), N = out_features[i];
+      const uint8_t* w = weights[i].data_ptr<uint8_t>() + r * K;
+      const float scale = scales[i];
+      const T* bias = biases[i].has_value() ? biases[i]->data_ptr<T>() : nullptr;
+      T* y = outs[i].data_ptr<T>();
+      for (int64_t m0 = 0; m0 < M; m0 += tokens) {
+        const int64_t nt = std::min<int64_t>(tokens, M - m0);
+        ternary_dots(isa, nt, w, K, xq.data() + m0 * Kp, Kp, dots);
+        for (int64_t t = 0; t < nt; ++t) {
+          const int64_t m = m0 + t;
+          const float factor = (absmax[m] / 127.f) * scale;
+          for (int64_t j = 0; j < 4; ++j) {
+            const int64_t row = j * R + r;
+            if (row >= N) break;
+            float v = static_cast<float>(dots[t * 4 + j] - xsum[m]) * factor;
+            if (bias) v = v + static_cast<float>(bias[row]);
+            store(y + m * N + row, v);
+          }
+        }
+      }
+    }
+  });
+  return outs;
+}
+
+std::vector<at::Tensor> ternary_linear(const at::Tensor& x, at::TensorList weights, at::TensorList scales,
+                                       const c10::List<std::optional<at::Tensor>>& biases,
+                                       at::IntArrayRef out_features, int64_t isa) {
+  TORCH_CHECK(isa == kAvx2 || isa == kVnni, "bitnet_hf::ternary_linear: unknown isa ", isa);
+  TORCH_CHECK(isa_supported(isa), "bitnet_hf::ternary_linear: this CPU lacks the instructions of isa ", isa);
+  TORCH_CHECK(x.dim() == 2 && x.device().is_cpu(), "bitnet_hf::ternary_linear: x must be a 2-D CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "bitnet_hf::ternary_linear: x must be float32 or bfloat16");
+  const size_t n = weights.size();
+  TORCH_CHECK(n > 0 && scales.size() == n && biases.size() == n && out_features.size() == n,
+              "bitnet_hf::ternary_linear: weights, scales, biases and out_features must have the same length");
+  const at::Tensor xc = x.contiguous();
+  std::vector<at::Tensor> ws;
+  std::vector<float> ss;
+  std::vector<std::optional<at::Tensor>> bs;
+  std::vector<int64_t> ns(out_features.begin(), out_features.end());
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& w = weights[i];
+    TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) == x.size(1) && w.device().is_cpu(),
+                "bitnet_hf::ternary_linear: weight ", i, " must be a uint8 CPU tensor (ceil(out / 4), in)");
+    TORCH_CHECK(w.size(0) == (ns[i] + 3) / 4, "bitnet_hf::ternary_linear: weight ", i, " has ", w.size(0),
+                " packed rows for ", ns[i], " outputs");
+    TORCH_CHECK(scales[i].numel() == 1 && scales[i].device().is_cpu(),
+                "bitnet_hf::ternary_linear: scale ", i, " must be one number on the CPU");
+    ws.push_back(w.contiguous());
+    ss.push_back(scales[i].item<float>());
+    std::optional<at::Tensor> b = biases.get(i);
+    if (b.has_value()) {
+      TORCH_CHECK(b->numel() == ns[i] && b->device().is_cpu(), "bitnet_hf::ternary_linear: bias ", i, " has ",
+                  b->numel(), " values for ", ns[i], " outputs");
+      b = b->to(x.scalar_type()).contiguous();
+    }
+    bs.push_back(b);
+  }
+  if (x.scalar_type() == at::kFloat) return ternary_linear_impl<float>(xc, ws, ss, bs, ns, int(isa));
+  return ternary_linear_impl<at::BFloat16>(xc, ws, ss, bs, ns, int(isa));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(BITNET_NAMESPACE, m) {
+  m.def("isa_supported(int isa) -> bool", &isa_supported);
+  m.def("ternary_linear(Tensor x, Tensor[] weights, Tensor[] scales, Tensor?[] biases, int[] out_features, "
+        "int isa) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(BITNET_NAMESPACE, CPU, m) {
+  m.impl("ternary_linear", &ternary_linear);
+}
+"""
+
+
+def cache_dir() -> Path:
+    """Where the compiled kernels live: ``$BITNET_HF_CACHE/kernels`` (default ``~/.cache/bitnet_hf/kernels``)."""
+    return Path(os.environ.get("BITNET_HF_CACHE", Path.home() / ".cache" / "bitnet_hf")) / "kernels"
+
+
+_DIGEST = hashlib.sha256((_SOURCE + torch.__version__).encode()).hexdigest()[:12]
+_NAMESPACE = f"bitnet_hf_{_DIGEST}"
+_state: dict[str, object] = {"kernel": None, "library": None}
+
+
+def _build_library() -> None:
+    """Compile (or load the cached build of) the C++ kernels; raises with the reason when that is impossible."""
+    from torch.utils import cpp_extension
+
+    build = cache_dir() / _NAMESPACE
+    library = build / f"{_NAMESPACE}.so"
+    if library.is_file():
+        try:
+            torch.ops.load_library(str(library))
+            return
+        except OSError:
+            pass  # a broken file from an interrupted build: build again
+    build.mkdir(parents=True, exist_ok=True)
+    if not os.access(build, os.W_OK):
+        raise PermissionError(f"{build} is not writable")
+    cpp_extension.load_inline(
+        _NAMESPACE, [_SOURCE.replace("BITNET_NAMESPACE", _NAMESPACE)], build_directory=str(build),
+        extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
+        is_python_module=False, no_implicit_headers=True,
+    )
+
+
+def _library_error() -> str | None:
+    """None once the C++ kernels are loaded, else why they cannot be (the build is tried once per process)."""
+    if _state["library"] is None:
+        try:
+            _build_library()
+            _state["library"] = ""
+        except Exception as error:  # noqa: BLE001 - a compiler, a file system or a linker: any failure means fallback
+            _state["library"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error) else ''}"
+    return _state["library"] or None
+
+
+def cpu_supports(kernel: str) -> bool:
+    """Whether this CPU has the instructions of ``kernel`` (``vnni`` or ``avx2``); needs the compiled library."""
+    return bool(getattr(torch.ops, _NAMESPACE).isa_supported(_ISA[kernel]))
+
+
+def _unavailable(kernel: str) -> str | None:
+    """Why ``kernel`` cannot run here, or None."""
+    if kernel in _ISA:
+        error = _library_error()
+        if error is not None:
+            return f"the C++ kernels could not be built or loaded ({error})"
+        if not cpu_supports(kernel):
+            return {"vnni": "this CPU lacks AVX-512 VNNI", "avx2": "this CPU lacks AVX2"}[kernel]
+    if kernel == "int4pack" and not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        return f"torch {torch.__version__} has no _weight_int4pack_mm_for_cpu"
+    return None
+
+
+def select_kernel(requested: str | None = None) -> str:
+    """Choose the kernel of packed linears on CPU for this process and return it.
+
+    ``requested`` (default: ``$BITNET_HF_KERNEL``, else ``auto``) is one of ``auto`` (the best that works here),
+    ``vnni``, ``avx2``, ``int4pack``, ``torch``. A kernel that cannot run here gives one warning and the next one of
+    that list: ``torch`` always runs. Called by the first packed forward on CPU; call it again to change the choice.
+    """
+    requested = (requested or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if requested not in ("auto", *KERNELS):
+        warnings.warn(f"{ENV_VAR}={requested!r} is not one of auto, {', '.join(KERNELS)}; using auto",
+                      RuntimeWarning, stacklevel=2)
+        requested = "auto"
+    candidates = KERNELS if requested == "auto" else KERNELS[KERNELS.index(requested):]
+    reasons = []
+    for kernel in candidates:
+        reason = _unavailable(kernel)
+        if reason is None:
+            break
+        reasons.append(f"{kernel}: {reason}")
+    if reasons:
+        warnings.warn(f"bitnet-hf: packed linears fall back to the {kernel!r} kernel ({'; '.join(reasons)}); "
+                      "results stay correct, only slower", RuntimeWarning, stacklevel=2)
+    logger.info("bitnet-hf: packed linears on CPU use the %r kernel (requested %r)", kernel, requested)
+    _state["kernel"] = kernel
+    return kernel
+
+
+def active_kernel() -> str | None:
+    """The kernel chosen for this process, or None before the first packed forward on CPU."""
+    return _state["kernel"]  # type: ignore[return-value]
+
+
+def cpu_kernel() -> str:
+    """The chosen kernel, choosing it on first use."""
+    kernel = _state["kernel"]
+    return kernel if kernel is not None else select_kernel()  # type: ignore[return-value]
+
+
+def ternary_linear(x: torch.Tensor, layers: list, kernel: str) -> list[torch.Tensor]:
+    """``y_i = layer_i(x)`` for packed linears ``layers`` that read the same ``x`` (float32 / bfloat16, CPU), in one
+    call of the ``vnni`` or ``avx2`` kernel: the activations are quantized once."""
+    rows = x.reshape(-1, x.shape[-1])
+    outs = getattr(torch.ops, _NAMESPACE).ternary_linear(
+        rows, [m.weight for m in layers], [m.weight_scale for m in layers], [m.bias for m in layers],
+        [m.out_features for m in layers], _ISA[kernel])
+    return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(outs, layers)]
+
+
+def int4pack_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ternary ``q`` (out, in) as PyTorch's CPU int4pack weight and its scales/zeros for ``dtype`` activations:
+    rows padded to a multiple of 16 and columns to 32 (zero weights), groups of 32 columns, each value
+    ``(q + 8 - 8) * scale`` exactly as the ``torch`` path's ``(q * scale).to(dtype)``."""
+    out_features, in_features = q.shape
+    n_pad, k_pad = -out_features % 16, -in_features % 32
+    q = torch.nn.functional.pad(q.to(torch.int32) + 8, (0, k_pad, 0, n_pad), value=8)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    groups = q.shape[1] // 32
+    scales_zeros = torch.zeros(groups, q.shape[0], 2, dtype=dtype)
+    scales_zeros[..., 0] = scale.float().to(dtype)
+    return packed, scales_zeros
+
+
+def int4pack_linear(x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, out_features: int
+                    ) -> torch.Tensor:
+    """``x @ W.T`` through ``_weight_int4pack_mm_for_cpu`` (``x`` already dequantized, any leading shape)."""
+    rows = x.reshape(-1, x.shape[-1])
+    k_pad = scales_zeros.shape[0] * 32 - rows.shape[1]
+    if k_pad:
+        rows = torch.nn.functional.pad(rows, (0, k_pad))
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), packed, 32, scales_zeros)
+    return y[:, :out_features].reshape(*x.shape[:-1], out_features)

@@ -1,0 +1,256 @@
+"""Kernels of packed linears (``bitnet_hf/models/kernels.py``): exactness, fusion, dispatch and fallback.
+
+Claims and tolerances:
+
+* ``vnni`` / ``avx2`` compute the same integer dot products ``xq . wq`` as the reference quantization, then
+  ``float(dot) * ((absmax / 127) * s) (+ bias)`` in float32 rounded once to the input dtype: equal bit for bit to
+  that expression computed here from the integer quantities, for every shape, dtype and batch.
+* ``int4pack`` and the C++ kernels against the ``torch`` kernel (float matmul of the dequantized values): float
+  rounding only, bounded here by 1e-5 (float32) / 2e-2 (bfloat16) of the output's largest magnitude.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from bitnet_hf import PackedBitLinear, convert_to_bitnet, pack_bitnet
+from bitnet_hf.models import kernels
+from bitnet_hf.models.layers import FusedProjections
+from bitnet_hf.models.quantization import pack_ternary, quantize_activations
+from tiny import FAMILIES, kernel, tiny_model, tokens
+
+C_KERNELS = ("vnni", "avx2")
+
+
+def c_kernel_or_skip(name: str) -> None:
+    reason = kernels._unavailable(name)
+    if reason is not None:
+        pytest.skip(f"{name}: {reason}")
+
+
+@pytest.fixture
+def fresh_choice(monkeypatch):
+    """Forget the process's kernel choice and library state for one test, and restore them after."""
+    state = dict(kernels._state)
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    kernels._state.update(kernel=None)
+    yield
+    kernels._state.update(state)
+
+
+def random_layer(in_features: int, out_features: int, bias: bool, dtype: torch.dtype, seed: int = 0
+                 ) -> tuple[PackedBitLinear, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-1, 2, (out_features, in_features), generator=g, dtype=torch.int8)
+    layer = PackedBitLinear(in_features, out_features, bias, dtype=dtype)
+    with torch.no_grad():
+        layer.weight.copy_(pack_ternary(q))
+        layer.weight_scale.fill_(0.01 + torch.rand((), generator=g).item() / 10)
+        if bias:
+            layer.bias.normal_(generator=g)
+    return layer, q
+
+
+def integer_reference(layer: PackedBitLinear, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    xq, absmax = quantize_activations(x)
+    dot = xq.long() @ q.long().T  # exact
+    y = dot.float() * ((absmax / 127.0) * layer.weight_scale.float())
+    if layer.bias is not None:
+        y = y + layer.bias.float()
+    return y.to(x.dtype)
+
+
+SHAPES = [  # (leading shape of x, in_features, out_features): widths not multiples of 64 / 32 / 4, batch > 1
+    ((1,), 100, 13), ((1, 1), 1024, 3072), ((3, 7), 129, 37), ((2, 5), 64, 16), ((9,), 1000, 6), ((4, 2), 31, 5),
+]
+
+
+@pytest.mark.parametrize("name", C_KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("lead", "k", "n"), SHAPES)
+def test_c_kernels_equal_the_integer_reference(name, dtype, lead, k, n):
+    c_kernel_or_skip(name)
+    layer, q = random_layer(k, n, bias=n % 2 == 1, dtype=dtype)
+    x = (torch.randn(*lead, k, generator=torch.Generator().manual_seed(1)) * 3).to(dtype)
+    x[..., 0] = 0 if x.shape[-1] > 1 else x[..., 0]  # zeros and a lone outlier: the quantizer's edge cases
+    x.view(-1, k)[0, -1] = 40
+    with kernel(name), torch.no_grad():
+        y = layer(x)
+    assert y.dtype == dtype and y.shape == (*lead, n)
+    assert torch.equal(y, integer_reference(layer, q, x))
+
+
+@pytest.mark.parametrize("name", C_KERNELS)
+def test_fused_call_equals_separate_calls(name):
+    c_kernel_or_skip(name)
+    members = [random_layer(96, n, bias=b, dtype=torch.bfloat16, seed=n)[0] for n, b in ((64, True), (32, False),
+                                                                                        (37, True))]
+    group = FusedProjections(members)
+    x = torch.randn(2, 3, 96).bfloat16()
+    with kernel(name), torch.no_grad():
+        alone = [m(x) for m in members]
+        for m in members:
+            m.fused = group
+        # any calling order; the second member gets the output kept from the first call
+        fused = {i: members[i](x) for i in (1, 0, 2)}
+        assert not group._kept and group._input is None  # nothing held after the last member
+        x2 = x.clone()
+        first = members[0](x2)
+        x2.mul_(2)  # modified in place: the kept outputs are stale and must not be used
+        assert torch.equal(members[1](x2), kernels.ternary_linear(x2, [members[1]], name)[0])
+    for i, y in fused.items():
+        assert torch.equal(y, alone[i])
+    assert torch.equal(first, alone[0])
+
+
+@pytest.mark.parametrize("name", ["int4pack", *C_KERNELS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_kernel_is_close_to_the_torch_kernel(name, dtype):
+    if name in C_KERNELS:
+        c_kernel_or_skip(name)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for lead, k, n in SHAPES:
+        layer, _ = random_layer(k, n, bias=True, dtype=dtype)
+        x = torch.randn(*lead, k).to(dtype)
+        with torch.no_grad():
+            with kernel("torch"):
+                expected = layer(x)
+            with kernel(name):
+                y = layer(x)
+        assert y.dtype == dtype and y.shape == expected.shape
+        assert (y.float() - expected.float()).abs().max() <= tolerance * expected.float().abs().max()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_models_run_every_kernel(family):
+    """Whole models: logits of each kernel close to the torch kernel's (bf16 storage, float32 compute), and
+    generate with the KV cache equals generate recomputing everything (each row's result depends on that row only)."""
+    packed = pack_bitnet(convert_to_bitnet(tiny_model(family)).eval(), dtype=torch.float32)
+    assert all(m.fused is not None for m in packed.modules() if isinstance(m, PackedBitLinear)
+               and not m.sub_norm)  # q/k/v and gate/up are fused (SubLN "paper" sits on o_proj and down_proj)
+    x = tokens(batch=3, length=10)
+    with torch.no_grad(), kernel("torch"):
+        expected = packed(x).logits
+    for name in ("int4pack", *C_KERNELS):
+        if name in C_KERNELS and kernels._unavailable(name):
+            continue
+        with torch.no_grad(), kernel(name):
+            logits = packed(x).logits
+            prompt = tokens(batch=2, length=5)
+            kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+            cached = packed.generate(prompt, **kwargs)
+            assert torch.equal(cached, packed.generate(prompt, use_cache=False, **kwargs))
+            torch.manual_seed(0)
+            sampled = packed.generate(prompt, do_sample=True, top_k=5, max_new_tokens=6, pad_token_id=0)
+        assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max(), name
+        assert sampled.shape == (2, 11)
+
+
+def test_non_cpu_and_autograd_take_the_torch_kernel():
+    layer, _ = random_layer(40, 12, bias=True, dtype=torch.float32)
+    meta = PackedBitLinear(40, 12, True, device="meta")
+    x = torch.randn(2, 40)
+    with kernel("int4pack"):
+        assert meta.kernel_for(x.to("meta")) == "torch"
+        assert meta(x.to("meta")).shape == (2, 12)  # the torch kernel, which any device runs
+        with torch.no_grad():
+            assert layer.kernel_for(x) == "int4pack"
+            assert layer.kernel_for(x.half()) == "torch"
+        assert layer.kernel_for(x) == "torch"  # gradients wanted (the bias is a Parameter)
+        layer(x.requires_grad_()).sum().backward()
+        assert torch.equal(layer.bias.grad, torch.full((12,), 2.0))
+
+
+def test_repr_shows_the_kernel():
+    layer, _ = random_layer(8, 4, bias=False, dtype=torch.float32)
+    with kernel("int4pack"):
+        assert "kernel=int4pack on CPU, torch elsewhere" in repr(layer)
+    with kernel("torch"):
+        assert "kernel=torch on CPU" in repr(layer)
+
+
+def test_environment_variable_forces_a_kernel(fresh_choice, monkeypatch):
+    monkeypatch.setenv(kernels.ENV_VAR, "torch")
+    layer, q = random_layer(16, 8, bias=False, dtype=torch.float32)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer.reference_forward(x))
+    assert kernels.active_kernel() == "torch"  # chosen by the first forward, once
+    monkeypatch.setenv(kernels.ENV_VAR, "int4pack")
+    assert kernels.active_kernel() == "torch"  # not re-read at every call
+    assert kernels.select_kernel() == "int4pack"
+    monkeypatch.setenv(kernels.ENV_VAR, "fastest")
+    with pytest.warns(RuntimeWarning, match="not one of auto"):
+        assert kernels.select_kernel() in kernels.KERNELS
+
+
+def _choose(requested: str | None = None) -> tuple[str, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = kernels.select_kernel(requested)
+    return chosen, [str(w.message) for w in caught]
+
+
+def test_no_compiler_falls_back_with_one_warning(fresh_choice, monkeypatch, tmp_path):
+    monkeypatch.setenv("BITNET_HF_CACHE", str(tmp_path))  # no cached build there: it must compile
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    kernels._state.update(library=None)
+    chosen, messages = _choose()
+    assert chosen == "int4pack"
+    assert len(messages) == 1
+    assert "fall back to the 'int4pack' kernel" in messages[0] and "could not be built" in messages[0]
+    layer, q = random_layer(50, 9, bias=True, dtype=torch.bfloat16)
+    x = torch.randn(2, 50).bfloat16()
+    with torch.no_grad():
+        y = layer(x)  # runs, on int4pack
+        expected = layer.reference_forward(x)
+    assert (y.float() - expected.float()).abs().max() <= 2e-2 * expected.float().abs().max()
+
+
+def test_read_only_cache_falls_back(fresh_choice, monkeypatch):
+    monkeypatch.setenv("BITNET_HF_CACHE", "/proc/bitnet-hf-cache")  # read-only even for root
+    kernels._state.update(library=None)
+    chosen, messages = _choose("vnni")
+    assert chosen == "int4pack" and len(messages) == 1
+    assert "vnni: the C++ kernels could not be built" in messages[0] and "avx2:" in messages[0]
+
+
+def test_cpu_without_the_instructions_falls_back(fresh_choice, monkeypatch):
+    if kernels._library_error() is not None:
+        pytest.skip("the C++ kernels do not build here")
+    monkeypatch.setattr(kernels, "cpu_supports", lambda name: name == "avx2")
+    chosen, messages = _choose()
+    assert chosen == "avx2" and len(messages) == 1 and "lacks AVX-512 VNNI" in messages[0]
+    monkeypatch.setattr(kernels, "cpu_supports", lambda name: False)
+    chosen, messages = _choose("avx2")
+    assert chosen == "int4pack" and len(messages) == 1 and "lacks AVX2" in messages[0]
+
+
+@pytest.mark.parametrize(("mode", "tolerance"), [("int8", 0.02), ("int4", 0.2)])
+def test_quantized_lm_head_option(mode, tolerance, tmp_path):
+    """``bitnet_lm_head`` at load: the head multiplies with a quantized copy (error bounded relative to the largest
+    logit: measured accuracy on SmolLM2 in the README), the tied weight and the file stay as they are."""
+    from transformers import AutoModelForCausalLM
+
+    from bitnet_hf import save_checkpoint
+    from bitnet_hf.models.layers import QuantizedLMHead
+
+    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval()), tmp_path / "packed")
+    full = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").eval()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head=mode).eval()
+    assert type(full.lm_head) is torch.nn.Linear and isinstance(model.lm_head, QuantizedLMHead)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied: one matrix in memory and file
+    x = tokens(batch=2, length=7)
+    with torch.no_grad():
+        expected, logits = full(x).logits.float(), model(x).logits.float()
+        assert (logits - expected).abs().max() <= tolerance * expected.abs().max()
+        assert model.generate(x, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (2, 10)
+    assert torch.equal(model(x).logits, full(x).logits)  # with gradients on: the stored weight, exactly
+    save_checkpoint(model, tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (tmp_path / "packed" / "model.safetensors"
+                                                                       ).read_bytes()
+    with pytest.raises(ValueError, match="bitnet_lm_head"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int2")
