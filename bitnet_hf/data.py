@@ -58,17 +58,19 @@ def require_columns(dataset: Dataset | IterableDataset, columns: Sequence[str], 
 
 def tokenize_prompt_completion(dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase,
                                max_length: int, *, prompt_field: str = "prompt",
-                               completion_field: str = "completion") -> Dataset | IterableDataset:
+                               completion_field: str = "completion",
+                               add_special_tokens: bool = True) -> Dataset | IterableDataset:
     """``input_ids`` = prompt tokens + completion tokens + EOS, and ``completion_mask`` (1 on completion + EOS).
 
-    Text is taken as it is (a task module applies chat templates before this). Longer than ``max_length``: the
+    Text is taken as it is (a task module applies chat templates before this; a prompt that already holds the
+    template's special tokens wants ``add_special_tokens=False``). Longer than ``max_length``: the
     completion keeps up to half of it and the prompt is cut at its end to fit.
     """
     require_columns(dataset, [prompt_field, completion_field], "the dataset")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        prompts = tokenizer(batch[prompt_field], add_special_tokens=True)["input_ids"]
+        prompts = tokenizer(batch[prompt_field], add_special_tokens=add_special_tokens)["input_ids"]
         completions = tokenizer(batch[completion_field], add_special_tokens=False)["input_ids"]
         ids, masks = [], []
         for p, c in zip(prompts, completions):

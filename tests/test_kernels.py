@@ -104,6 +104,11 @@ def test_fused_call_equals_separate_calls(name):
     for i, y in fused.items():
         assert torch.equal(y, alone[i])
     assert torch.equal(first, alone[0])
+    # inference tensors have no version counter: each member computes alone, still exactly
+    with kernel(name), torch.inference_mode():
+        xi = x.clone()
+        assert all(torch.equal(members[i](xi), alone[i]) for i in (1, 0, 2))
+        assert not group._kept
 
 
 @pytest.mark.parametrize("name", ["int4pack", *C_KERNELS])

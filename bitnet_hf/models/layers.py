@@ -175,7 +175,8 @@ class FusedProjections:
     The first member called with an input runs all members in one kernel call (one activation quantization, one
     parallel loop) and keeps the other outputs; a member then called with that very tensor (same object, not
     modified in place since) gets its kept output. Any other call computes afresh, so the result never depends on
-    the calling order. Only the C++ kernels use it; the weights stay in their own modules (and files).
+    the calling order. Inference tensors (``torch.inference_mode``) carry no version counter to prove the input
+    unchanged, so each member computes alone there; ``torch.no_grad`` (as ``generate`` uses) keeps the fusion. Only the C++ kernels use it; the weights stay in their own modules (and files).
     """
 
     def __init__(self, members: list[PackedBitLinear]) -> None:
@@ -187,6 +188,10 @@ class FusedProjections:
         self._kept: dict[int, torch.Tensor] = {}
 
     def output(self, member: PackedBitLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
+        if x.is_inference():
+            self._kept.clear()
+            self._input = None
+            return ternary_linear(x, [member], kernel)[0]
         kept = self._kept.pop(id(member), None)
         if kept is not None and self._input is x and self._version == x._version:
             if not self._kept:

@@ -1,0 +1,396 @@
+"""The whole BitDistill recipe as one resumable run, with both baselines, evaluated side by side.
+
+Rows of the results table (``ROWS``): FP16-SFT (stage 0, also the teacher), BitNet-SFT (ternary model fine-tuned
+on the task, no SubLN, no continued pre-training, no distillation) and BitDistill (stage 1 convert with SubLN,
+stage 2 continued pre-training, stage 3 distillation fine-tuning), plus the paper's optional ablations.
+
+Layout of ``output_dir`` (every model folder is written atomically, so "it exists" means "it is complete")::
+
+    teacher/final                FP16-SFT, the teacher
+    convert-<subln>/             stage 1 (per SubLN placement)
+    pretrain-<subln>/final       stage 2
+    <row>/final, <row>/packed    task fine-tuning of each BitNet row, and its deployment checkpoint
+    eval/<row>.json              each row's evaluation
+    results.json, results.md     the table, the configuration, the command and the seed
+
+Run it again and finished stages are skipped; an interrupted training stage resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
+from .data import load_text_dataset
+from .distill import BitDistillConfig, BitDistillTrainer
+from .distill.config import PRESETS
+from .evaluation import evaluate_model, decode_speed
+from .pretrain import continue_pretraining
+from .tasks import ClassificationTask, Splits, get_task, train_eval_splits
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("teacher", "bitnet_sft", "convert", "pretrain", "distill", "evaluate")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model of the table: how its BitNet student is made (``None`` fields: the FP16-SFT row)."""
+
+    label: str
+    subln: str | None = "paper"
+    pretrain: bool = True
+    logits: bool = True
+    attention: bool = True
+
+    @property
+    def fp(self) -> bool:
+        return self.subln is None
+
+    @property
+    def distilled(self) -> bool:
+        return not self.fp and (self.logits or self.attention)
+
+
+ROWS: dict[str, Row] = {
+    "fp16_sft": Row("FP16-SFT", subln=None, pretrain=False, logits=False, attention=False),
+    "bitnet_sft": Row("BitNet-SFT", subln="none", pretrain=False, logits=False, attention=False),
+    "bitdistill": Row("BitDistill"),
+    "no_subln": Row("BitDistill w/o SubLN", subln="none"),
+    "no_pretrain": Row("BitDistill w/o continued pre-training", pretrain=False),
+    "logits_only": Row("BitDistill, logits KD only", attention=False),
+    "attention_only": Row("BitDistill, attention KD only", logits=False),
+}
+ABLATIONS = tuple(r for r in ROWS if r not in ("fp16_sft", "bitnet_sft", "bitdistill"))
+
+
+@dataclass
+class PipelineArguments:
+    """``bitnet-hf pipeline``: every option, with defaults sized for a small model on a CPU."""
+
+    base: str = field(metadata={"help": "full-precision checkpoint folder (Qwen3 / Qwen2 / Llama / Gemma 3)"})
+    task: str = field(metadata={"help": "task name: sst2, mnli, qnli, cnndm, or a registered one"})
+    output_dir: str = field(metadata={"help": "folder for every stage's models and the results"})
+    corpus: str | None = field(default=None, metadata={
+        "help": "continued pre-training corpus: text/JSONL/JSON/parquet/CSV file, folder or glob, or a Hub name"})
+    corpus_field: str = field(default="text", metadata={"help": "corpus column holding the text"})
+    teacher_base: str | None = field(default=None, metadata={
+        "help": "full-precision model to fine-tune as the teacher (default: --base); same tokenizer as --base"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "folder with <split>.jsonl/csv/tsv/parquet task files (default: the task's Hub dataset)"})
+    columns: list[str] = field(default_factory=list, metadata={
+        "help": "column mapping task=file, e.g. sentence=text label=sentiment"})
+    train_size: int | None = field(default=None, metadata={"help": "training examples to use (default: all)"})
+    eval_size: int | None = field(default=None, metadata={
+        "help": "evaluation examples (held out of train when there is no evaluation split)"})
+    max_length: int = field(default=256, metadata={"help": "tokens per task example"})
+    rows: list[str] = field(default_factory=lambda: ["fp16_sft", "bitnet_sft", "bitdistill"], metadata={
+        "help": f"rows of the table, from {', '.join(ROWS)}"})
+    stages: list[str] = field(default_factory=lambda: list(STAGES), metadata={
+        "help": f"stages to run, from {', '.join(STAGES)} (finished ones are skipped anyway)"})
+    steps: int = field(default=150, metadata={"help": "optimizer steps of each task fine-tuning"})
+    batch_size: int = field(default=16, metadata={"help": "task examples per step"})
+    fp_learning_rate: float = field(default=5e-5, metadata={"help": "learning rate of the FP16-SFT teacher"})
+    bitnet_learning_rate: float = field(default=2e-4, metadata={"help": "learning rate of BitNet fine-tuning"})
+    pretrain_tokens: int = field(default=100_000, metadata={"help": "token budget of continued pre-training"})
+    pretrain_block_size: int = field(default=256, metadata={"help": "tokens per pre-training block"})
+    pretrain_batch_size: int = field(default=8, metadata={"help": "blocks per pre-training step"})
+    pretrain_learning_rate: float = field(default=2e-4, metadata={"help": "learning rate of continued pre-training"})
+    calibration_samples: int = field(default=32, metadata={"help": "task prompts that calibrate the SubLN gains"})
+    logits_distill_weight: float | None = field(default=None, metadata={
+        "help": "lambda (default: the task kind's preset, 10 classification / 1 summarization)"})
+    attention_distill_weight: float | None = field(default=None, metadata={
+        "help": "gamma (default: the task kind's preset, 1e5 classification / 1e3 summarization)"})
+    distill_temperature: float = field(default=5.0, metadata={"help": "temperature of the logits KD"})
+    relation_kind: str = field(default="scaled_dot", metadata={"help": "scaled_dot or cosine"})
+    attention_distill_layer: int | None = field(default=None, metadata={"help": "relation KD layer (default: 80%)"})
+    relation_heads: int = field(default=32, metadata={"help": "relation heads"})
+    bf16: bool = field(default=True, metadata={"help": "train under bf16 autocast (fp32 weights)"})
+    eval_batch_size: int = field(default=32, metadata={"help": "examples per evaluation batch"})
+    eval_method: str = field(default="score", metadata={"help": "classification: score (label words) or generate"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "summary length limit (default: the task's)"})
+    logging_steps: int = field(default=10, metadata={"help": "log the training loss every this many steps"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint every this many steps (resume point)"})
+    seed: int = field(default=42, metadata={"help": "seed of data order, initialisation and the held-out split"})
+
+    def __post_init__(self) -> None:
+        get_task(self.task)
+        bad = [r for r in self.rows if r not in ROWS]
+        if bad:
+            raise ValueError(f"unknown rows {bad}; choose from {', '.join(ROWS)}")
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ValueError(f"unknown stages {bad}; choose from {', '.join(STAGES)}")
+        if any(ROWS[r].distilled for r in self.rows) and "fp16_sft" not in self.rows:
+            raise ValueError("distilled rows need the teacher: keep fp16_sft in --rows")
+        if any(ROWS[r].pretrain for r in self.rows) and self.corpus is None:
+            raise ValueError("continued pre-training needs --corpus (a text file, folder, or Hub dataset name)")
+        for name in ("steps", "batch_size", "pretrain_tokens", "pretrain_block_size", "pretrain_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        for item in self.columns:
+            if item.count("=") != 1:
+                raise ValueError(f"--columns {item!r} must look like task_column=file_column")
+
+    @property
+    def column_mapping(self) -> dict[str, str]:
+        return dict(item.split("=") for item in self.columns)
+
+
+class Pipeline:
+    """Runs the stages of ``PipelineArguments`` in order; ``run()`` returns the results (also written to disk)."""
+
+    def __init__(self, args: PipelineArguments, command: list[str] | None = None) -> None:
+        """``command``: the command line that made this run, recorded in the results."""
+        self.args = args
+        self.task = get_task(args.task)
+        self.out = Path(args.output_dir).absolute()
+        self.command = command
+        self.seconds: dict[str, float] = {}
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.splits: Splits | None = None
+
+    # ---- checks and data, before any training ----
+
+    def prepare(self) -> None:
+        a = self.args
+        if not (Path(a.base) / "config.json").is_file():
+            raise FileNotFoundError(f"--base {a.base} is not a checkpoint folder (no config.json)")
+        self.tokenizer = AutoTokenizer.from_pretrained(a.base)
+        if a.teacher_base is not None:
+            if not (Path(a.teacher_base) / "config.json").is_file():
+                raise FileNotFoundError(f"--teacher-base {a.teacher_base} is not a checkpoint folder")
+            teacher_vocab = AutoTokenizer.from_pretrained(a.teacher_base).get_vocab()
+            if teacher_vocab != self.tokenizer.get_vocab():
+                raise ValueError(f"the teacher's tokenizer ({a.teacher_base}, {len(teacher_vocab)} tokens) differs "
+                                 f"from the student's ({a.base}, {len(self.tokenizer)} tokens); distillation needs "
+                                 "the same tokenizer: pick a teacher of the student's family")
+        if isinstance(self.task, ClassificationTask):
+            self.task.label_token_ids(self.tokenizer)
+        self.splits = train_eval_splits(self.task, data_dir=a.data_dir, columns=a.column_mapping,
+                                        train_size=a.train_size, eval_size=a.eval_size, seed=a.seed)
+        if any(ROWS[r].pretrain for r in a.rows) and {"pretrain"} & set(a.stages):
+            corpus = load_text_dataset(a.corpus)
+            if a.corpus_field not in (corpus.column_names or []):
+                raise ValueError(f"the corpus {a.corpus} has no column {a.corpus_field!r} (columns: "
+                                 f"{', '.join(corpus.column_names or [])}); pass --corpus-field")
+        logger.info("task %s: %d training examples, evaluation on %d (%s)", self.task.name, len(self.splits.train),
+                    len(self.splits.eval), self.splits.eval_source)
+
+    # ---- the run ----
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        self.prepare()
+        self.out.mkdir(parents=True, exist_ok=True)
+        train = self.task.tokenize(self.splits.train, self.tokenizer, a.max_length)
+        stages = set(a.stages)
+        if "fp16_sft" in a.rows and "teacher" in stages:
+            self._stage("teacher", lambda: self._finetune(a.teacher_base or a.base, self.out / "teacher", train,
+                                                          lr=a.fp_learning_rate, teacher=None, row=ROWS["fp16_sft"]))
+        for name in a.rows:
+            row = ROWS[name]
+            if row.fp:
+                continue
+            if "convert" in stages:
+                self._stage(f"convert-{row.subln}", lambda: self._convert(row.subln))
+            student = self.out / f"convert-{row.subln}"
+            if row.pretrain:
+                if "pretrain" in stages:
+                    self._stage(f"pretrain-{row.subln}", lambda: self._pretrain(row.subln))
+                student = self.out / f"pretrain-{row.subln}" / "final"
+            if ("distill" if row.distilled else "bitnet_sft") in stages:
+                teacher = self.out / "teacher" / "final" if row.distilled else None
+                self._stage(name, lambda: self._finetune(student, self.out / name, train, lr=a.bitnet_learning_rate,
+                                                         teacher=teacher, row=row))
+        if "evaluate" in stages:
+            for name in a.rows:
+                self._stage(f"evaluate-{name}", lambda: self._evaluate(name))
+        return self._write_results()
+
+    def _stage(self, name: str, work: Any) -> None:
+        logger.info("==> %s", name)
+        start = time.perf_counter()
+        work()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        gc.collect()
+
+    def _convert(self, subln: str) -> None:
+        path = self.out / f"convert-{subln}"
+        if (path / "config.json").is_file():
+            logger.info("%s exists, skipping", path)
+            return
+        batches = None
+        if subln != "none":
+            prompts = [self.task.prompt(e, self.tokenizer) for e in self.splits.train.select(
+                range(min(self.args.calibration_samples, len(self.splits.train))))]
+            special = not getattr(self.tokenizer, "chat_template", None)
+            batches = [dict(self.tokenizer(p, return_tensors="pt", add_special_tokens=special)) for p in prompts]
+        model = convert_to_bitnet(self.args.base, subln=subln, calibration_batches=batches)
+        save_checkpoint(model, path, tokenizer=self.tokenizer, overwrite=True)
+
+    def _pretrain(self, subln: str) -> None:
+        a = self.args
+        out = self.out / f"pretrain-{subln}"
+        if (out / "final" / "config.json").is_file():
+            logger.info("%s exists, skipping", out / "final")
+            return
+        targs = TrainingArguments(
+            output_dir=str(out), per_device_train_batch_size=a.pretrain_batch_size, learning_rate=a.pretrain_learning_rate,
+            lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=a.logging_steps, save_steps=a.save_steps,
+            save_total_limit=1, bf16=a.bf16, use_cpu=_cpu_only(), seed=a.seed, report_to="none",
+            resume_from_checkpoint=get_last_checkpoint(str(out)) if out.is_dir() else None)
+        model = AutoModelForCausalLM.from_pretrained(self.out / f"convert-{subln}")
+        corpus = load_text_dataset(a.corpus)
+        continue_pretraining(model, self.tokenizer, corpus, targs, block_size=a.pretrain_block_size,
+                             max_tokens=a.pretrain_tokens, text_field=a.corpus_field)
+
+    def _finetune(self, model_path: str | Path, out: Path, train: Any, *, lr: float, teacher: Path | None,
+                  row: Row) -> None:
+        a = self.args
+        if (out / "final" / "config.json").is_file():
+            logger.info("%s exists, skipping", out / "final")
+            return
+        lam, gamma = PRESETS[self.task.kind]
+        lam = a.logits_distill_weight if a.logits_distill_weight is not None else lam
+        gamma = a.attention_distill_weight if a.attention_distill_weight is not None else gamma
+        config = BitDistillConfig(
+            output_dir=str(out), max_steps=a.steps, per_device_train_batch_size=a.batch_size, learning_rate=lr,
+            lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=a.logging_steps, save_steps=a.save_steps,
+            save_total_limit=1, bf16=a.bf16, use_cpu=_cpu_only(), seed=a.seed, report_to="none",
+            logits_distill_weight=lam if row.logits and teacher else 0.0,
+            attention_distill_weight=gamma if row.attention and teacher else 0.0,
+            distill_temperature=a.distill_temperature, relation_kind=a.relation_kind,
+            attention_distill_layer=a.attention_distill_layer, relation_heads=a.relation_heads,
+            max_length=a.max_length, loss_tokens="completion")
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        trainer = BitDistillTrainer(model=model, teacher_model=str(teacher) if teacher else None, args=config,
+                                    train_dataset=train, processing_class=self.tokenizer)
+        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        trainer.train(resume_from_checkpoint=last)
+        save_trained_model(trainer, out / "final")
+
+    def _evaluate(self, name: str) -> None:
+        a = self.args
+        row = ROWS[name]
+        record = self.out / "eval" / f"{name}.json"
+        if record.is_file():
+            logger.info("%s exists, skipping", record)
+            return
+        trained = self.out / ("teacher" if row.fp else name) / "final"
+        if not (trained / "config.json").is_file():
+            logger.warning("%s is not trained yet (%s missing); its row stays empty", row.label, trained)
+            return
+        if row.fp:
+            model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.bfloat16)
+            size = sum(p.numel() for p in model.parameters()) * 2
+            deployed = trained
+        else:
+            deployed = self.out / name / "packed"
+            if not (deployed / "config.json").is_file():
+                packed = pack_bitnet(AutoModelForCausalLM.from_pretrained(trained))
+                save_checkpoint(packed, deployed, tokenizer=self.tokenizer, overwrite=True)
+                del packed
+            model = AutoModelForCausalLM.from_pretrained(deployed)
+            size = sum(f.stat().st_size for f in deployed.glob("*.safetensors"))
+        result = evaluate_model(model, self.tokenizer, self.task, self.splits.eval, batch_size=a.eval_batch_size,
+                                method=a.eval_method, max_new_tokens=a.max_new_tokens)
+        speed = decode_speed(model, self.tokenizer, self.task.prompt(self.splits.eval[0], self.tokenizer))
+        entry = {"row": name, "method": row.label, **result.to_dict(), "size_bytes": size,
+                 "decode_tokens_per_second": speed, "model": str(deployed), "weights": "bf16" if row.fp else "ternary"}
+        record.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(record, entry)
+        logger.info("%s: %s, %.1f MiB, %.1f tok/s", row.label, result.metrics, size / 2**20, speed)
+
+    # ---- results ----
+
+    def _write_results(self) -> dict[str, Any]:
+        a = self.args
+        rows = []
+        for name in a.rows:
+            record = self.out / "eval" / f"{name}.json"
+            if record.is_file():
+                rows.append(json.loads(record.read_text()))
+        previous = self.out / "results.json"
+        seconds = json.loads(previous.read_text()).get("stage_seconds", {}) if previous.is_file() else {}
+        for stage, value in self.seconds.items():
+            seconds[stage] = round(seconds.get(stage, 0.0) + value, 1)
+        results = {"task": self.task.name, "base": a.base, "evaluation": self.splits.eval_source if self.splits else None,
+                   "eval_examples": len(self.splits.eval) if self.splits else None,
+                   "train_examples": len(self.splits.train) if self.splits else None, "rows": rows,
+                   "command": shlex.join(self.command) if self.command else "(the Python API: Pipeline(args).run())",
+                   "seed": a.seed, "arguments": asdict(a), "stage_seconds": seconds,
+                   "threads": torch.get_num_threads(), "machine": _machine()}
+        _write_json(previous, results)
+        (self.out / "results.md").write_text(results_markdown(results))
+        return results
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The paper-shaped table (metric, size, CPU tokens/s per row) and how it was made."""
+    rows = results["rows"]
+    metrics = list(rows[0]["metrics"]) if rows else []
+    head = ["Method", *[m.upper() if m == "bleu" else m.capitalize() for m in metrics], "Size (MiB)",
+            "Decode tok/s (CPU)", "Weights"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|"]
+    for r in rows:
+        cells = [r["method"], *[f"{r['metrics'][m]:.2f}" for m in metrics], f"{r['size_bytes'] / 2**20:.1f}",
+                 f"{r['decode_tokens_per_second']:.1f}", r["weights"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    a = results["arguments"]
+    minutes = sum(results["stage_seconds"].values()) / 60
+    return "\n".join([
+        f"# BitDistill on {results['task']}: {Path(results['base']).name}",
+        "",
+        *lines,
+        "",
+        f"Evaluation: {results['eval_examples']} examples ({results['evaluation']}); training: "
+        f"{results['train_examples']} examples, {a['steps']} steps of {a['batch_size']} per fine-tuning, "
+        f"{a['pretrain_tokens']:,} tokens of continued pre-training. Decode speed: batch 1, 32 new tokens, greedy, "
+        f"{results['threads']} threads, median of 3 (BitNet rows run their packed checkpoint). Seed {results['seed']}.",
+        f"Machine: {results['machine']}. Total stage time: {minutes:.1f} min "
+        f"({', '.join(f'{k} {v / 60:.1f}' for k, v in results['stage_seconds'].items())}).",
+        "",
+        "Command:",
+        "",
+        "```",
+        results["command"] or "",
+        "```",
+        "",
+    ])
+
+
+def _cpu_only() -> bool:
+    return not torch.cuda.is_available()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _machine() -> str:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
