@@ -15,6 +15,7 @@ from tiny import tiny_model, tiny_tokenizer
 
 import bitnet_hf
 from bitnet_hf import hub
+from bitnet_hf.cli import main
 from bitnet_hf.distill import BitDistillConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,6 +263,30 @@ def test_model_push_to_hub_without_the_plugin_is_transformers_own(monkeypatch):
                         lambda repo_id, tags, token=None: ModelCard("---\nlibrary_name: transformers\n---\ngeneric"))
     bitnet_hf.convert_to_bitnet(tiny_model("qwen3")).push_to_hub("me/x")
     assert "model.safetensors" in api.files and api.files["README.md"].endswith(b"generic")
+
+
+def test_cli_push_prints_the_url_and_the_files(checkpoints, fake_hub, capsys):
+    assert main(["push", str(checkpoints.packed), "me/qwen3-bitnet", "--token", "t", "--private",
+                 "--base-model", "Qwen/Qwen2.5-0.5B", "--license", "mit", "--message", "hello"]) == 0
+    out = capsys.readouterr().out
+    assert f"pushed {checkpoints.packed} -> https://huggingface.co/me/qwen3-bitnet" in out
+    listed = [line.split()[0] for line in out.splitlines()[1:]]
+    assert listed == sorted(PACKED_FILES | {hub.RECIPE_FILE, hub.TRAINING_ARGS_FILE})
+    assert "README.md                                model card" in out
+    [api] = fake_hub
+    assert api.calls[0] == ("create_repo", "me/qwen3-bitnet", True, True) and api.calls[1][2] == "hello"
+    data = ModelCard(api.files["README.md"].decode()).data
+    assert data.base_model == "Qwen/Qwen2.5-0.5B" and data.license == "mit"
+
+
+def test_cli_push_errors_exit_2_with_a_clear_message(checkpoints, tmp_path, fake_hub, capsys):
+    assert main(["push", str(tmp_path / "missing"), "me/x", "--token", "t"]) == 2
+    assert "bitnet-hf push: error:" in (err := capsys.readouterr().err) and "not a checkpoint folder" in err
+    assert main(["push", str(checkpoints.packed), "me/x"]) == 2
+    assert "no Hugging Face token: run `hf auth login` or set HF_TOKEN" in capsys.readouterr().err
+    assert main(["push", str(checkpoints.packed), "not/a/repo", "--token", "t"]) == 2
+    assert "repo_id 'not/a/repo' is not a Hub repository id" in capsys.readouterr().err
+    assert fake_hub == []
 
 
 def test_template_ships_in_the_wheel_and_the_package_list_is_complete():
