@@ -1,5 +1,6 @@
 """Model cards and Hub pushes, without network: ``HfApi`` is replaced by a fake that records what would be sent."""
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -286,6 +287,19 @@ def test_cli_push_errors_exit_2_with_a_clear_message(checkpoints, tmp_path, fake
     assert "no Hugging Face token: run `hf auth login` or set HF_TOKEN" in capsys.readouterr().err
     assert main(["push", str(checkpoints.packed), "not/a/repo", "--token", "t"]) == 2
     assert "repo_id 'not/a/repo' is not a Hub repository id" in capsys.readouterr().err
+    assert fake_hub == []
+
+
+def test_example_dry_run_prints_the_card_and_the_plan(checkpoints, fake_hub, capsys):
+    spec = importlib.util.spec_from_file_location("push_example", ROOT / "examples" / "push_to_hub.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main([str(checkpoints.packed), "me/qwen3-bitnet", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    card, plan = out.split("Files a push uploads:\n")
+    assert ModelCard(card).data.tags[:3] == ["bitnet", "1.58-bit", "bitdistill"]
+    assert 'from_pretrained("me/qwen3-bitnet")' in card
+    assert plan.split() == sorted(PACKED_FILES | {hub.RECIPE_FILE, hub.TRAINING_ARGS_FILE})
     assert fake_hub == []
 
 
