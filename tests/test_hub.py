@@ -138,6 +138,14 @@ def test_card_of_a_bare_training_checkpoint_and_the_overrides(checkpoints):
         hub.render_model_card(checkpoints.train, base_model="/data/qwen3")
 
 
+def test_base_model_falls_back_to_a_hub_id_recorded_in_the_config(checkpoints, tmp_path):
+    folder = copy_of(checkpoints.train, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    for recorded, expected in (("Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B"), ("/data/models/qwen3", None), ("qwen3", None)):
+        (folder / "config.json").write_text(json.dumps({**config, "_name_or_path": recorded}))
+        assert hub.render_model_card(folder).data.to_dict().get("base_model") == expected
+
+
 def test_card_refuses_a_checkpoint_that_is_not_bitnet(tmp_path):
     tiny_model("llama").save_pretrained(tmp_path / "fp")
     with pytest.raises(ValueError, match="not a BitNet checkpoint .model_type 'llama'.; convert it first"):
