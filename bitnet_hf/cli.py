@@ -1,5 +1,5 @@
 """The ``bitnet-hf`` command: ``convert``, ``pretrain``, ``distill``, ``pack``, ``generate``, ``evaluate``,
-``pipeline``, ``demo`` and ``bench``."""
+``pipeline``, ``demo``, ``bench`` and ``push``."""
 
 from __future__ import annotations
 
@@ -116,10 +116,23 @@ def main(argv: list[str] | None = None) -> int:
 
     _add_bench_parser(sub)
 
+    p = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub with a BitNet model card",
+                       description="Upload the weights (safetensors), config, tokenizer, modeling code and records of "
+                       "a BitNet checkpoint folder, with a model card rendered from it, in one commit. The folder's "
+                       "own README.md is uploaded instead when it has one that bitnet-hf did not write. Prints the "
+                       "repository URL and the uploaded files.")
+    p.add_argument("dir", help="checkpoint folder (training or packed)")
+    p.add_argument("repo_id", help="Hub repository: name or namespace/name; created if missing")
+    p.add_argument("--token", help="Hub token (default: the one of `hf auth login`, or HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--base-model", help="Hub id of the full-precision model it was made from, for the card")
+    p.add_argument("--license", help="Hub license id for the card (default: the base model's if recorded, else other)")
+    p.add_argument("--message", default="Upload BitNet model (bitnet-hf)", help="commit message")
+
     args = parser.parse_args(argv)
     try:
         return {"convert": _convert, "pack": _pack, "generate": _generate, "bench": _bench, "evaluate": _evaluate,
-                "demo": _demo}[args.command](args)
+                "demo": _demo, "push": _push}[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError, TypeError) as error:
         print(f"bitnet-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -361,6 +374,19 @@ def _bench(args: argparse.Namespace) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + ("\n\n```\n" + profile + "```\n" if profile else "\n"))
         args.output.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import CARD_FILE, push_checkpoint, upload_plan
+
+    folder = Path(args.dir)
+    url = push_checkpoint(folder, args.repo_id, token=args.token, private=args.private or None,
+                          commit_message=args.message, base_model=args.base_model, license=args.license)
+    print(f"pushed {folder} -> {url}")
+    for path in upload_plan(folder):
+        what = "model card" if path == Path(CARD_FILE) else f"{(folder / path).stat().st_size / 2**20:.2f} MiB"
+        print(f"  {path.as_posix():40} {what}")
     return 0
 
 

@@ -107,3 +107,18 @@ class BitNetModelMixin:
                 init.zeros_(module.bias)
         else:
             super()._init_weights(module)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """transformers' ``push_to_hub``, with the BitNet model card where bitnet-hf is installed.
+
+        With the plugin this is ``bitnet_hf.hub.push_model`` (same arguments, plus the card's ``results``,
+        ``base_model`` and ``license``; returns the repository URL). A model loaded as remote code where the plugin
+        is not installed pushes with transformers' own ``push_to_hub`` and its generic card.
+        """
+        # Imported here, inside try (which transformers' remote-code import check skips): this file travels as
+        # remote code, where bitnet_hf may not be installed.
+        try:
+            from bitnet_hf.hub import push_model
+        except ImportError:
+            return super().push_to_hub(repo_id, **kwargs)
+        return push_model(self, repo_id, **kwargs)
