@@ -78,3 +78,15 @@ def kernel(name: str):
         yield
     finally:
         kernels._state["kernel"] = previous
+
+
+# A minimal chat template (system / user turns, then the assistant's) for the character-level tokenizer, which
+# has no newline in its vocabulary.
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}|{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+
+
+def tiny_chat_tokenizer():
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer

@@ -1,0 +1,98 @@
+"""Evaluation: batched, left-padded scoring equals one-at-a-time scoring; metrics match the libraries."""
+
+import pytest
+import torch
+from datasets import Dataset
+
+from bitnet_hf.evaluation import decode_speed, evaluate_model, summarization_metrics
+from bitnet_hf.tasks import SummarizationTask, get_task
+from tiny import tiny_chat_tokenizer, tiny_model
+
+SENTENCES = ["a", "a fine film", "dull", "the plot is utterly dull and long", "fun!", "meh, ok"]
+
+
+def sst2_data():
+    return Dataset.from_list([{"sentence": s, "label": i % 2} for i, s in enumerate(SENTENCES)])
+
+
+def test_label_scoring_in_batches_equals_one_example_at_a_time():
+    model, tok, task = tiny_model("llama"), tiny_chat_tokenizer(), get_task("sst2")
+    data = sst2_data()
+    ids = task.label_token_ids(tok)
+    expected = []
+    for example in data:
+        batch = tok(task.prompt(example, tok), return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            logits = model(**batch).logits[0, -1, ids]
+        expected.append(task.labels[int(logits.argmax())])
+    result = evaluate_model(model, tok, task, data, batch_size=4, progress=False)
+    assert result.predictions == expected
+    gold = [task.labels[label] for label in data["label"]]
+    assert result.metrics["accuracy"] == pytest.approx(100 * sum(p == g for p, g in zip(expected, gold)) / 6)
+    assert result.examples == 6 and result.tokens_per_second > 0
+    assert tok.padding_side == "right"  # restored
+
+
+def test_generation_scoring_equals_greedy_generation():
+    model, tok, task = tiny_model("llama"), tiny_chat_tokenizer(), get_task("sst2")
+    data = sst2_data()
+    result = evaluate_model(model, tok, task, data, batch_size=3, method="generate", max_new_tokens=4,
+                            progress=False)
+    for example, prediction in zip(data, result.predictions):
+        batch = tok(task.prompt(example, tok), return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**batch, do_sample=False, max_new_tokens=4, pad_token_id=tok.pad_token_id)
+        assert prediction == tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    gold = [task.labels[label] for label in data["label"]]
+    assert result.metrics["accuracy"] == 100 * sum(p == g for p, g in zip(result.predictions, gold)) / 6
+
+
+def test_summarization_metrics_match_rouge_score_and_sacrebleu():
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU
+
+    refs = ["the cat sat on the mat.\nit was happy.", "stocks fell sharply on monday."]
+    preds = ["the cat sat on a mat. it was glad.", "stocks fell on monday."]
+    metrics = summarization_metrics(preds, refs)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    for kind in ("rouge1", "rouge2", "rougeL"):
+        mean = sum(scorer.score(r, p)[kind].fmeasure for r, p in zip(refs, preds)) / 2
+        assert metrics[kind] == pytest.approx(100 * mean, abs=1e-6)
+    assert metrics["bleu"] == pytest.approx(BLEU().corpus_score(preds, [refs]).score)
+    assert summarization_metrics(refs, refs)["rougeLsum"] == pytest.approx(100)
+    assert summarization_metrics(["zzz qqq"], ["the cat"])["rouge1"] == 0
+
+
+def test_summarization_evaluation_generates_at_most_the_limit():
+    model, tok = tiny_model("llama"), tiny_chat_tokenizer()
+    task = SummarizationTask(name="s", inputs=("article",), target="highlights", template="{article}",
+                             max_source_tokens=20, max_new_tokens=5)
+    data = Dataset.from_list([{"article": "a long article " * 5, "highlights": "short."}] * 3)
+    result = evaluate_model(model, tok, task, data, batch_size=2, progress=False)
+    assert set(result.metrics) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"}
+    assert all(0 <= v <= 100 for v in result.metrics.values())
+    assert all(len(p) <= 5 for p in result.predictions)  # character tokens: at most 5 of them
+
+
+def test_bad_evaluation_input():
+    model, tok, task = tiny_model("llama"), tiny_chat_tokenizer(), get_task("sst2")
+    with pytest.raises(ValueError, match="method='sample'"):
+        evaluate_model(model, tok, task, sst2_data(), method="sample")
+    with pytest.raises(ValueError, match="empty"):
+        evaluate_model(model, tok, task, sst2_data().select([]))
+    with pytest.raises(ValueError, match=r"no column \['label'\]"):
+        evaluate_model(model, tok, task, sst2_data().remove_columns("label"))
+
+
+def test_decode_speed_counts_the_requested_tokens(monkeypatch):
+    model, tok = tiny_model("llama"), tiny_chat_tokenizer()
+    lengths = []
+    original = model.generate
+
+    def generate(**kwargs):
+        out = original(**kwargs)
+        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(model, "generate", generate)
+    assert decode_speed(model, tok, "hello", new_tokens=7, repeats=3) > 0
+    assert lengths == [2, 7, 7, 7]  # one warm-up call, then exactly new_tokens each time

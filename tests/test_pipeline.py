@@ -1,0 +1,149 @@
+"""The pipeline on a tiny model: every row trained, packed and evaluated; a rerun skips; bad input stops early."""
+
+import json
+import logging
+
+import pytest
+import transformers
+
+from bitnet_hf.cli import main
+from bitnet_hf.demo import sentiment_reviews, stdlib_docstrings
+from bitnet_hf.pipeline import ROWS, Pipeline, PipelineArguments, results_markdown
+from tiny import tiny_chat_tokenizer, tiny_model
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    base = root / "base"
+    tiny_model("llama").save_pretrained(base)
+    tiny_chat_tokenizer().save_pretrained(base)
+    data = root / "sst2"
+    data.mkdir()
+    rows = sentiment_reviews(40, seed=0)
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(r["sentence"] for r in sentiment_reviews(200, seed=1)))
+    return root
+
+
+def arguments(root, out, **overrides):
+    values = dict(base=str(root / "base"), task="sst2", output_dir=str(out), data_dir=str(root / "sst2"),
+                  corpus=str(root / "corpus.txt"), eval_size=8, steps=2, batch_size=4, max_length=96,
+                  pretrain_tokens=512, pretrain_block_size=64, pretrain_batch_size=4, calibration_samples=4,
+                  save_steps=1, logging_steps=1, eval_batch_size=4, bf16=False)
+    return PipelineArguments(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def finished(workspace):
+    out = workspace / "run"
+    results = Pipeline(arguments(workspace, out), command=["bitnet-hf", "pipeline", "..."]).run()
+    return out, results
+
+
+def test_every_row_is_trained_packed_and_evaluated(finished):
+    out, results = finished
+    assert [r["method"] for r in results["rows"]] == ["FP16-SFT", "BitNet-SFT", "BitDistill"]
+    fp, sft, distill = results["rows"]
+    for row in results["rows"]:
+        assert 0 <= row["metrics"]["accuracy"] <= 100 and row["examples"] == 8
+        assert row["decode_tokens_per_second"] > 0
+    assert sft["model"].endswith("bitnet_sft/packed") and distill["model"].endswith("bitdistill/packed")
+    assert sft["size_bytes"] < fp["size_bytes"]  # ternary decoder weights, 2 bits each
+    assert results["evaluation"] == "8 examples held out of train (seed 42)" and results["train_examples"] == 32
+    # the rows were made as the table says: BitNet-SFT without SubLN, BitDistill with SubLN, pre-trained, distilled
+    assert json.loads((out / "convert-none/config.json").read_text())["bitnet_subln"] == "none"
+    assert json.loads((out / "convert-paper/config.json").read_text())["bitnet_subln"] == "paper"
+    pretrain_state = json.loads((out / "pretrain-paper/checkpoint-2/trainer_state.json").read_text())
+    assert pretrain_state["global_step"] == 2  # 512 tokens / (64-token blocks x 4) = 2 steps
+    distill_log = json.loads((out / "bitdistill/checkpoint-2/trainer_state.json").read_text())["log_history"]
+    assert {"ce", "logits_kd", "attention_kd"} <= set(distill_log[0])
+    sft_log = json.loads((out / "bitnet_sft/checkpoint-2/trainer_state.json").read_text())["log_history"]
+    assert "logits_kd" not in sft_log[0] and "ce" in sft_log[0]
+    distill_args = json.loads((out / "bitdistill/final/training_args.json").read_text())
+    assert (distill_args["logits_distill_weight"], distill_args["attention_distill_weight"]) == (10.0, 1e5)
+
+
+def test_results_files_hold_the_table_and_the_command(finished):
+    out, results = finished
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["rows"] == results["rows"] and on_disk["seed"] == 42
+    table = (out / "results.md").read_text()
+    assert "| Method | Accuracy | Size (MiB) | Decode tok/s (CPU) | Weights |" in table
+    for row in results["rows"]:
+        assert f"| {row['method']} | {row['metrics']['accuracy']:.2f} | {row['size_bytes'] / 2**20:.1f} |" in table
+    assert "bitnet-hf pipeline ..." in table
+    assert results_markdown(results) == table
+
+
+def test_a_rerun_skips_finished_stages(finished, workspace, caplog):
+    out, results = finished
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    with caplog.at_level(logging.INFO, logger="bitnet_hf.pipeline"):
+        again = Pipeline(arguments(workspace, out)).run()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
+    assert sum("exists, skipping" in r.message for r in caplog.records) == 9
+    assert again["rows"] == results["rows"]
+
+
+def test_an_interrupted_fine_tuning_resumes_from_its_checkpoint(finished, workspace, caplog):
+    out, _ = finished
+    import shutil
+
+    shutil.rmtree(out / "bitnet_sft" / "final")  # as if stopped after the last checkpoint, before the final save
+    (out / "eval" / "bitnet_sft.json").unlink()
+    assert (out / "bitnet_sft" / "checkpoint-2").is_dir()
+    transformers.logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.INFO, logger="transformers.trainer"):
+            results = Pipeline(arguments(workspace, out, stages=["bitnet_sft", "evaluate"])).run()
+    finally:
+        transformers.logging.disable_propagation()
+    assert (out / "bitnet_sft" / "final" / "model.safetensors").is_file()
+    assert any("Resuming training from checkpoint with epoch" in r.message and "global step 2" in r.message
+               for r in caplog.records)  # resumed at step 2, no step redone
+    assert [r["row"] for r in results["rows"]] == ["fp16_sft", "bitnet_sft", "bitdistill"]
+
+
+def test_ablation_rows_are_defined_by_what_they_leave_out():
+    assert not ROWS["no_subln"].subln == "paper" and ROWS["no_subln"].pretrain
+    assert not ROWS["no_pretrain"].pretrain and ROWS["no_pretrain"].distilled
+    assert ROWS["logits_only"].logits and not ROWS["logits_only"].attention
+    assert ROWS["attention_only"].attention and not ROWS["attention_only"].logits
+    assert not ROWS["bitnet_sft"].distilled and ROWS["bitnet_sft"].subln == "none"
+
+
+def test_bad_input_stops_before_training(workspace, tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown task 'sst5'; known tasks: cnndm, mnli, qnli, sst2"):
+        arguments(workspace, tmp_path / "a", task="sst5")
+    with pytest.raises(ValueError, match="unknown rows"):
+        arguments(workspace, tmp_path / "a", rows=["bitdistill", "nope"])
+    with pytest.raises(ValueError, match="needs --corpus"):
+        arguments(workspace, tmp_path / "a", corpus=None)
+    with pytest.raises(ValueError, match="keep fp16_sft"):
+        arguments(workspace, tmp_path / "a", rows=["bitdistill"])
+    # a teacher whose tokenizer differs from the student's
+    other = tmp_path / "other"
+    tiny_model("llama").save_pretrained(other)
+    tokenizer = tiny_chat_tokenizer()
+    tokenizer.add_tokens(["<extra>"])
+    tokenizer.save_pretrained(other)
+    with pytest.raises(ValueError, match="the teacher's tokenizer .* differs from the student's"):
+        Pipeline(arguments(workspace, tmp_path / "b", teacher_base=str(other))).run()
+    assert not (tmp_path / "b").exists()  # nothing written
+    # through the command line: exit 2 and the message
+    assert main(["pipeline", "--base", str(workspace / "base"), "--task", "sst2", "--output-dir", str(tmp_path / "c"),
+                 "--data-dir", str(workspace / "sst2"), "--corpus", str(workspace / "corpus.txt"),
+                 "--columns", "sentence=review"]) == 2
+    assert "has no column 'review'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_demo_data_is_balanced_seeded_and_offline():
+    rows = sentiment_reviews(100, seed=0)
+    assert sum(r["label"] for r in rows) == 50 and rows == sentiment_reviews(100, seed=0)
+    assert len({r["sentence"] for r in rows}) > 80
+    assert rows != sentiment_reviews(100, seed=1)
+    docs = stdlib_docstrings()
+    assert len(docs) > 40 and sum(len(d["text"]) for d in docs) > 100_000
