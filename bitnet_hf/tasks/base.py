@@ -182,6 +182,28 @@ class SummarizationTask(Task):
             example = {**example, document: tokenizer.decode(ids[: self.max_source_tokens])}
         return super().prompt(example, tokenizer)
 
+    def tokenize(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+        """As ``Task.tokenize``, but a prompt too long for ``max_length`` loses the end of its document rather than
+        its own end, so every training example keeps the turn markers the model sees before its summary."""
+        document = self.inputs[0]
+        special = not getattr(tokenizer, "chat_template", None)
+        eos = 0 if tokenizer.eos_token_id is None else 1
+
+        def fit(example: dict[str, Any]) -> dict[str, str]:
+            summary = len(tokenizer(self.answer(example, tokenizer), add_special_tokens=False)["input_ids"]) + eos
+            budget = max_length - min(summary, max(1, max_length // 2))  # tokenize_prompt_completion's split
+            text = example[document]
+            for _ in range(4):  # the parts' token counts and the whole's differ by a few at the seams
+                prompt = self.prompt({**example, document: text}, tokenizer)
+                over = len(tokenizer(prompt, add_special_tokens=special)["input_ids"]) - budget
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_source_tokens]
+                if over <= 0 or not ids:
+                    break
+                text = tokenizer.decode(ids[: max(0, len(ids) - over)])
+            return {document: text}
+
+        return super().tokenize(dataset.map(fit, desc=f"fitting {self.name} documents"), tokenizer, max_length)
+
     def answer(self, example: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> str:
         text = example[self.target].strip()
         return text if getattr(tokenizer, "chat_template", None) else f" {text}"
