@@ -99,7 +99,8 @@ def demo_arguments(output_dir: Path, *, steps: int = 40) -> PipelineArguments:
     return PipelineArguments(
         base=str(smollm2()), task="sst2", output_dir=str(output_dir), data_dir=str(task_dir), corpus=str(corpus),
         eval_size=200, steps=steps, batch_size=8, pretrain_tokens=16_384, pretrain_block_size=128,
-        pretrain_batch_size=8, logging_steps=5, save_steps=max(10, steps // 2), eval_batch_size=32)
+        pretrain_batch_size=8, logging_steps=5, save_steps=max(10, steps // 2), eval_batch_size=32,
+        base_model_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0")
 
 
 def run_demo(output_dir: Path, *, steps: int = 40) -> dict:

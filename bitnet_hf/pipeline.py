@@ -23,7 +23,9 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,8 @@ from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_train
 from .data import load_text_dataset
 from .distill import BitDistillConfig, BitDistillTrainer
 from .distill.config import PRESETS
-from .evaluation import evaluate_model, decode_speed
+from .evaluation import decode_speed, evaluate_model
+from .hub import RECIPE_FILE
 from .pretrain import continue_pretraining
 from .tasks import ClassificationTask, Splits, get_task, train_eval_splits
 
@@ -124,6 +127,9 @@ class PipelineArguments:
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every this many steps"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint every this many steps (resume point)"})
     seed: int = field(default=42, metadata={"help": "seed of data order, initialisation and the held-out split"})
+    base_model_id: str | None = field(default=None, metadata={
+        "help": "Hub id of --base, for the model cards (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)"})
+    license: str | None = field(default=None, metadata={"help": "license of --base (Hub id, e.g. apache-2.0)"})
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -198,32 +204,32 @@ class Pipeline:
         train = self.task.tokenize(self.splits.train, self.tokenizer, a.max_length)
         stages = set(a.stages)
         if "fp16_sft" in a.rows and "teacher" in stages:
-            self._stage("teacher", lambda: self._finetune(a.teacher_base or a.base, self.out / "teacher", train,
-                                                          lr=a.fp_learning_rate, teacher=None, row=ROWS["fp16_sft"]))
+            self._stage("teacher", self._finetune, a.teacher_base or a.base, self.out / "teacher", train,
+                        lr=a.fp_learning_rate, teacher=None, row=ROWS["fp16_sft"])
         for name in a.rows:
             row = ROWS[name]
             if row.fp:
                 continue
             if "convert" in stages:
-                self._stage(f"convert-{row.subln}", lambda: self._convert(row.subln))
+                self._stage(f"convert-{row.subln}", self._convert, row.subln)
             student = self.out / f"convert-{row.subln}"
             if row.pretrain:
                 if "pretrain" in stages:
-                    self._stage(f"pretrain-{row.subln}", lambda: self._pretrain(row.subln))
+                    self._stage(f"pretrain-{row.subln}", self._pretrain, row.subln)
                 student = self.out / f"pretrain-{row.subln}" / "final"
             if ("distill" if row.distilled else "bitnet_sft") in stages:
                 teacher = self.out / "teacher" / "final" if row.distilled else None
-                self._stage(name, lambda: self._finetune(student, self.out / name, train, lr=a.bitnet_learning_rate,
-                                                         teacher=teacher, row=row))
+                self._stage(name, self._finetune, student, self.out / name, train, lr=a.bitnet_learning_rate,
+                            teacher=teacher, row=row)
         if "evaluate" in stages:
             for name in a.rows:
-                self._stage(f"evaluate-{name}", lambda: self._evaluate(name))
+                self._stage(f"evaluate-{name}", self._evaluate, name)
         return self._write_results()
 
-    def _stage(self, name: str, work: Any) -> None:
+    def _stage(self, name: str, work: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         logger.info("==> %s", name)
         start = time.perf_counter()
-        work()
+        work(*args, **kwargs)
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
         gc.collect()
 
@@ -335,7 +341,36 @@ class Pipeline:
                    "threads": torch.get_num_threads(), "machine": _machine()}
         _write_json(previous, results)
         (self.out / "results.md").write_text(results_markdown(results))
+        self._write_recipes(results)
         return results
+
+    def _write_recipes(self, results: dict[str, Any]) -> None:
+        """``bitnet_recipe.json`` beside each packed model: what ``bitnet-hf push`` puts on its model card."""
+        a = self.args
+        table = [{"method": r["method"], **{k: round(v, 2) for k, v in r["metrics"].items()},
+                  "size (MiB)": round(r["size_bytes"] / 2**20, 1),
+                  "decode tok/s (CPU)": round(r["decode_tokens_per_second"], 1)} for r in results["rows"]]
+        for r in results["rows"]:
+            row = ROWS[r["row"]]
+            if row.fp:
+                continue
+            stages = [{"name": "convert (stage 1)", "hyperparameters": {"subln": row.subln, "calibration_samples":
+                                                                        a.calibration_samples}}]
+            if row.pretrain:
+                stages.append({"name": "continued pre-training (stage 2)", "hyperparameters": {
+                    "corpus": a.corpus, "tokens": a.pretrain_tokens, "block_size": a.pretrain_block_size,
+                    "batch_size": a.pretrain_batch_size, "learning_rate": a.pretrain_learning_rate}})
+            stages.append({"name": "distillation fine-tuning (stage 3)" if row.distilled else "task fine-tuning",
+                           "hyperparameters": {"task": self.task.name, "steps": a.steps, "batch_size": a.batch_size,
+                                               "learning_rate": a.bitnet_learning_rate}})
+            recipe = {"base_model": a.base_model_id, "license": a.license, "task": self.task.name,
+                      "teacher": "FP16-SFT (the base model fine-tuned on the task)" if row.distilled else None,
+                      "stages": stages, "results": table}
+            packed = Path(r["model"])
+            _write_json(packed / RECIPE_FILE, {k: v for k, v in recipe.items() if v is not None})
+            trained_args = self.out / r["row"] / "final" / "training_args.json"
+            if trained_args.is_file():  # the card lists the fine-tuning's hyper-parameters from it
+                shutil.copy2(trained_args, packed / trained_args.name)
 
 
 def results_markdown(results: dict[str, Any]) -> str:

@@ -77,6 +77,20 @@ def test_results_files_hold_the_table_and_the_command(finished):
     assert results_markdown(results) == table
 
 
+def test_packed_models_carry_their_recipe_for_the_model_card(finished):
+    from bitnet_hf.hub import render_model_card
+
+    out, _ = finished
+    recipe = json.loads((out / "bitdistill/packed/bitnet_recipe.json").read_text())
+    assert [s["name"] for s in recipe["stages"]] == ["convert (stage 1)", "continued pre-training (stage 2)",
+                                                     "distillation fine-tuning (stage 3)"]
+    assert [r["method"] for r in recipe["results"]] == ["FP16-SFT", "BitNet-SFT", "BitDistill"]
+    sft = json.loads((out / "bitnet_sft/packed/bitnet_recipe.json").read_text())
+    assert [s["name"] for s in sft["stages"]] == ["convert (stage 1)", "task fine-tuning"] and "teacher" not in sft
+    card = str(render_model_card(out / "bitdistill/packed", repo_id="me/tiny-bitdistill"))
+    assert "| BitDistill |" in card and "attention_distill_weight" in card
+
+
 def test_a_rerun_skips_finished_stages(finished, workspace, caplog):
     out, results = finished
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
@@ -107,7 +121,7 @@ def test_an_interrupted_fine_tuning_resumes_from_its_checkpoint(finished, worksp
 
 
 def test_ablation_rows_are_defined_by_what_they_leave_out():
-    assert not ROWS["no_subln"].subln == "paper" and ROWS["no_subln"].pretrain
+    assert ROWS["no_subln"].subln != "paper" and ROWS["no_subln"].pretrain
     assert not ROWS["no_pretrain"].pretrain and ROWS["no_pretrain"].distilled
     assert ROWS["logits_only"].logits and not ROWS["logits_only"].attention
     assert ROWS["attention_only"].attention and not ROWS["attention_only"].logits

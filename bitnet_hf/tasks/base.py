@@ -6,7 +6,7 @@ there. A user-defined classification task is a ``ClassificationTask`` with label
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
