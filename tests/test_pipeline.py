@@ -161,3 +161,21 @@ def test_demo_data_is_balanced_seeded_and_offline():
     assert rows != sentiment_reviews(100, seed=1)
     docs = stdlib_docstrings()
     assert len(docs) > 40 and sum(len(d["text"]) for d in docs) > 100_000
+
+
+def test_evaluate_command_scores_a_checkpoint(workspace, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "validation.csv").write_text("review,stars\ngreat fun,1\nso dull,0\nfine film,1\n")
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--model", str(workspace / "base"), "--task", "sst2", "--data-dir", str(data),
+                 "--columns", "sentence=review", "label=stars", "--batch-size", "2", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(out.read_text())
+    assert metrics["examples"] == 3 and metrics["metrics"]["accuracy"] in (0, 100 / 3, 200 / 3, 100)
+    assert f"sst2 (3 examples): accuracy {metrics['metrics']['accuracy']:.2f}" in printed
+    assert main(["evaluate", "--model", str(workspace / "base"), "--task", "nope"]) == 2
+    assert "known tasks: cnndm, mnli, qnli, sst2" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(workspace / "base"), "--task", "sst2", "--data-dir", str(data),
+                 "--split", "test"]) == 2
+    assert "has no test." in capsys.readouterr().err

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bitnet_hf.tasks import ClassificationTask, SummarizationTask, get_task, register_task, train_eval_splits
+from bitnet_hf.tasks import TASKS, ClassificationTask, SummarizationTask, get_task, register_task, train_eval_splits
 from bitnet_hf.tasks.base import split_file
 from tiny import tiny_chat_tokenizer, tiny_tokenizer
 
@@ -117,7 +117,8 @@ def test_held_out_split_is_disjoint_and_seeded(tmp_path):
     assert d.eval["sentence"] == ["v"] and len(d.train) == 50  # a real evaluation split is used as it is
 
 
-def test_a_user_task_is_a_few_lines(tmp_path):
+def test_a_user_task_is_a_few_lines(tmp_path, monkeypatch):
+    monkeypatch.setitem(TASKS, "spam", None)  # removed again after the test
     spam = register_task(ClassificationTask(name="spam", inputs=("text",), template="{text}",
                                             system="Is this message spam?", labels=("no", "yes")))
     assert get_task("spam") is spam
