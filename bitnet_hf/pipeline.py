@@ -394,7 +394,9 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"Evaluation: {results['eval_examples']} examples ({results['evaluation']}); training: "
         f"{results['train_examples']} examples, {a['steps']} steps of {a['batch_size']} per fine-tuning, "
         f"{a['pretrain_tokens']:,} tokens of continued pre-training. Decode speed: batch 1, 32 new tokens, greedy, "
-        f"{results['threads']} threads, median of 3 (BitNet rows run their packed checkpoint). Seed {results['seed']}.",
+        f"{results['threads']} threads, median of 3. Size: the FP16-SFT weights in bf16; BitNet rows: the packed "
+        "checkpoint's safetensors (ternary 2-bit decoder weights, bf16 embeddings and norms), which is also what they "
+        f"are evaluated and timed as. Seed {results['seed']}.",
         f"Machine: {results['machine']}. Total stage time: {minutes:.1f} min "
         f"({', '.join(f'{k} {v / 60:.1f}' for k, v in results['stage_seconds'].items())}).",
         "",
