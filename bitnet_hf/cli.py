@@ -232,14 +232,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .evaluation import evaluate_model
     from .tasks import get_task
+    from .tasks.base import parse_columns
 
     task = get_task(args.task)
     _require_checkpoint(Path(args.model))
-    bad = [c for c in args.columns if c.count("=") != 1]
-    if bad:
-        raise ValueError(f"--columns {bad} must look like task_column=file_column")
-    data = task.load(args.split or task.eval_split, data_dir=args.data_dir,
-                     columns=dict(c.split("=") for c in args.columns))
+    data = task.load(args.split or task.eval_split, data_dir=args.data_dir, columns=parse_columns(args.columns))
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data))))
     tokenizer = AutoTokenizer.from_pretrained(args.model)

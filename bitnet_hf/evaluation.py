@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .tasks import ClassificationTask, SummarizationTask, Task
+from .tasks.base import uses_chat_template
 
 CLASSIFICATION_METHODS = ("score", "generate")
 
@@ -60,7 +61,7 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation and last-position scoring both want the prompt's end aligned
-    special = not getattr(tokenizer, "chat_template", None)
+    special = not uses_chat_template(tokenizer)
     predictions: list[str] = []
     counted = 0
     start = time.perf_counter()
@@ -78,8 +79,7 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
                     continue
                 limit = max_new_tokens or (task.max_new_tokens if isinstance(task, SummarizationTask) else 1 + max(
                     len(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in task.labels))
-                out = model.generate(**batch, do_sample=False, max_new_tokens=limit, pad_token_id=tokenizer.pad_token_id
-                                     if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+                out = model.generate(**batch, do_sample=False, max_new_tokens=limit, pad_token_id=_pad_id(tokenizer))
             new = out[:, batch["input_ids"].shape[1]:]
             eos = tokenizer.eos_token_id
             counted += int(sum((row != eos).sum() if eos is not None else row.numel() for row in new))
@@ -114,6 +114,10 @@ def summarization_metrics(predictions: list[str], references: list[str]) -> dict
     return metrics
 
 
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def _sentence_lines(text: str) -> str:
     """One sentence a line, which ROUGE-Lsum expects (CNN/DM highlights already are; generated text is split)."""
     return "\n".join(s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s)
@@ -123,10 +127,10 @@ def decode_speed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
                  repeats: int = 3) -> float:
     """Greedy batch-1 decoding speed in tokens/s: the median of ``repeats`` timed ``generate`` calls that each
     produce exactly ``new_tokens`` tokens after ``prompt`` (one untimed warm-up call first)."""
-    batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=not getattr(tokenizer, "chat_template", None))
+    batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=not uses_chat_template(tokenizer))
     batch = batch.to(model.device)
     kwargs = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                  pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+                  pad_token_id=_pad_id(tokenizer))
     times = []
     with torch.no_grad():
         model.generate(**batch, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})

@@ -35,13 +35,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.trainer_utils import get_last_checkpoint
 
 from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
-from .data import load_text_dataset
+from .data import load_text_dataset, require_columns
 from .distill import BitDistillConfig, BitDistillTrainer
-from .distill.config import PRESETS
 from .evaluation import decode_speed, evaluate_model
 from .hub import RECIPE_FILE
 from .pretrain import continue_pretraining
 from .tasks import ClassificationTask, Splits, get_task, train_eval_splits
+from .tasks.base import parse_columns, uses_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,6 @@ ROWS: dict[str, Row] = {
     "logits_only": Row("BitDistill, logits KD only", attention=False),
     "attention_only": Row("BitDistill, attention KD only", logits=False),
 }
-ABLATIONS = tuple(r for r in ROWS if r not in ("fp16_sft", "bitnet_sft", "bitdistill"))
 
 
 @dataclass
@@ -146,13 +145,11 @@ class PipelineArguments:
         for name in ("steps", "batch_size", "pretrain_tokens", "pretrain_block_size", "pretrain_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        for item in self.columns:
-            if item.count("=") != 1:
-                raise ValueError(f"--columns {item!r} must look like task_column=file_column")
+        parse_columns(self.columns)
 
     @property
     def column_mapping(self) -> dict[str, str]:
-        return dict(item.split("=") for item in self.columns)
+        return parse_columns(self.columns)
 
 
 class Pipeline:
@@ -188,10 +185,7 @@ class Pipeline:
         self.splits = train_eval_splits(self.task, data_dir=a.data_dir, columns=a.column_mapping,
                                         train_size=a.train_size, eval_size=a.eval_size, seed=a.seed)
         if any(ROWS[r].pretrain for r in a.rows) and {"pretrain"} & set(a.stages):
-            corpus = load_text_dataset(a.corpus)
-            if a.corpus_field not in (corpus.column_names or []):
-                raise ValueError(f"the corpus {a.corpus} has no column {a.corpus_field!r} (columns: "
-                                 f"{', '.join(corpus.column_names or [])}); pass --corpus-field")
+            require_columns(load_text_dataset(a.corpus), [a.corpus_field], f"the corpus {a.corpus}")
         logger.info("task %s: %d training examples, evaluation on %d (%s)", self.task.name, len(self.splits.train),
                     len(self.splits.eval), self.splits.eval_source)
 
@@ -242,7 +236,7 @@ class Pipeline:
         if subln != "none":
             prompts = [self.task.prompt(e, self.tokenizer) for e in self.splits.train.select(
                 range(min(self.args.calibration_samples, len(self.splits.train))))]
-            special = not getattr(self.tokenizer, "chat_template", None)
+            special = not uses_chat_template(self.tokenizer)
             batches = [dict(self.tokenizer(p, return_tensors="pt", add_special_tokens=special)) for p in prompts]
         model = convert_to_bitnet(self.args.base, subln=subln, calibration_batches=batches)
         save_checkpoint(model, path, tokenizer=self.tokenizer, overwrite=True)
@@ -253,11 +247,8 @@ class Pipeline:
         if (out / "final" / "config.json").is_file():
             logger.info("%s exists, skipping", out / "final")
             return
-        targs = TrainingArguments(
-            output_dir=str(out), per_device_train_batch_size=a.pretrain_batch_size, learning_rate=a.pretrain_learning_rate,
-            lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=a.logging_steps, save_steps=a.save_steps,
-            save_total_limit=1, bf16=a.bf16, use_cpu=_cpu_only(), seed=a.seed, report_to="none",
-            resume_from_checkpoint=get_last_checkpoint(str(out)) if out.is_dir() else None)
+        targs = TrainingArguments(per_device_train_batch_size=a.pretrain_batch_size,
+                                  learning_rate=a.pretrain_learning_rate, **self._training_arguments(out))
         model = AutoModelForCausalLM.from_pretrained(self.out / f"convert-{subln}")
         corpus = load_text_dataset(a.corpus)
         continue_pretraining(model, self.tokenizer, corpus, targs, block_size=a.pretrain_block_size,
@@ -269,24 +260,28 @@ class Pipeline:
         if (out / "final" / "config.json").is_file():
             logger.info("%s exists, skipping", out / "final")
             return
-        lam, gamma = PRESETS[self.task.kind]
-        lam = a.logits_distill_weight if a.logits_distill_weight is not None else lam
-        gamma = a.attention_distill_weight if a.attention_distill_weight is not None else gamma
+        # Unset weights come from the task kind's preset; a term the row leaves out is 0.
         config = BitDistillConfig(
-            output_dir=str(out), max_steps=a.steps, per_device_train_batch_size=a.batch_size, learning_rate=lr,
-            lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=a.logging_steps, save_steps=a.save_steps,
-            save_total_limit=1, bf16=a.bf16, use_cpu=_cpu_only(), seed=a.seed, report_to="none",
-            logits_distill_weight=lam if row.logits and teacher else 0.0,
-            attention_distill_weight=gamma if row.attention and teacher else 0.0,
+            max_steps=a.steps, per_device_train_batch_size=a.batch_size, learning_rate=lr,
+            **self._training_arguments(out), distill_preset=self.task.kind,
+            logits_distill_weight=a.logits_distill_weight if row.logits and teacher else 0.0,
+            attention_distill_weight=a.attention_distill_weight if row.attention and teacher else 0.0,
             distill_temperature=a.distill_temperature, relation_kind=a.relation_kind,
             attention_distill_layer=a.attention_distill_layer, relation_heads=a.relation_heads,
             max_length=a.max_length, loss_tokens="completion")
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         trainer = BitDistillTrainer(model=model, teacher_model=str(teacher) if teacher else None, args=config,
                                     train_dataset=train, processing_class=self.tokenizer)
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
-        trainer.train(resume_from_checkpoint=last)
+        trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
         save_trained_model(trainer, out / "final")
+
+    def _training_arguments(self, out: Path) -> dict[str, Any]:
+        """What every training stage shares: schedule, logging, checkpoints (and resuming from the last), precision."""
+        a = self.args
+        return {"output_dir": str(out), "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
+                "logging_steps": a.logging_steps, "save_steps": a.save_steps, "save_total_limit": 1, "bf16": a.bf16,
+                "use_cpu": not torch.cuda.is_available(), "seed": a.seed, "report_to": "none",
+                "resume_from_checkpoint": get_last_checkpoint(str(out)) if out.is_dir() else None}
 
     def _evaluate(self, name: str) -> None:
         a = self.args
@@ -407,10 +402,6 @@ def results_markdown(results: dict[str, Any]) -> str:
         "```",
         "",
     ])
-
-
-def _cpu_only() -> bool:
-    return not torch.cuda.is_available()
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -83,7 +83,7 @@ class Task:
         """The prompt text: the tokenizer's chat template (system + user message, then the assistant's turn) when
         it has one, else the plain ``system`` paragraph, the message and ``Answer:``."""
         message = self.template.format(**{c: example[c] for c in self.inputs})
-        if getattr(tokenizer, "chat_template", None):
+        if uses_chat_template(tokenizer):
             turns = ([{"role": "system", "content": self.system}] if self.system else []) + [
                 {"role": "user", "content": message}]
             return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
@@ -102,7 +102,7 @@ class Task:
         """Training examples: ``input_ids`` and ``completion_mask`` (the loss sees the answer and EOS only)."""
         formatted = self.format(dataset, tokenizer)
         return tokenize_prompt_completion(formatted, tokenizer, max_length,
-                                          add_special_tokens=not getattr(tokenizer, "chat_template", None))
+                                          add_special_tokens=not uses_chat_template(tokenizer))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,11 +139,11 @@ class ClassificationTask(Task):
 
     def answer(self, example: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> str:
         word = self.labels[self.label_index(example)]
-        return word if getattr(tokenizer, "chat_template", None) else f" {word}"
+        return word if uses_chat_template(tokenizer) else f" {word}"
 
     def label_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         """The first token of each label word as the model sees it after a prompt; raises if two coincide."""
-        prefix = "" if getattr(tokenizer, "chat_template", None) else " "
+        prefix = "" if uses_chat_template(tokenizer) else " "
         ids = [tokenizer(prefix + word, add_special_tokens=False)["input_ids"][0] for word in self.labels]
         if len(set(ids)) != len(ids):
             raise ValueError(f"task {self.name!r}: label words {self.labels} start with the same token for this "
@@ -186,7 +186,7 @@ class SummarizationTask(Task):
         """As ``Task.tokenize``, but a prompt too long for ``max_length`` loses the end of its document rather than
         its own end, so every training example keeps the turn markers the model sees before its summary."""
         document = self.inputs[0]
-        special = not getattr(tokenizer, "chat_template", None)
+        special = not uses_chat_template(tokenizer)
         eos = 0 if tokenizer.eos_token_id is None else 1
 
         def fit(example: dict[str, Any]) -> dict[str, str]:
@@ -206,7 +206,20 @@ class SummarizationTask(Task):
 
     def answer(self, example: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> str:
         text = example[self.target].strip()
-        return text if getattr(tokenizer, "chat_template", None) else f" {text}"
+        return text if uses_chat_template(tokenizer) else f" {text}"
+
+
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether prompts are made with the tokenizer's chat template (which then holds the special tokens itself)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def parse_columns(items: list[str]) -> dict[str, str]:
+    """``["sentence=text", ...]`` (command-line column mappings) -> ``{"sentence": "text", ...}``."""
+    bad = [item for item in items if item.count("=") != 1]
+    if bad:
+        raise ValueError(f"--columns {bad} must look like task_column=file_column")
+    return dict(item.split("=") for item in items)
 
 
 def split_file(data_dir: str | Path, split: str) -> Path:
