@@ -259,3 +259,54 @@ def test_quantized_lm_head_option(mode, tolerance, tmp_path):
                                                                        ).read_bytes()
     with pytest.raises(ValueError, match="bitnet_lm_head"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int2")
+
+
+def test_int4_head_packed_in_blocks_equals_packing_the_whole_matrix():
+    """The int4 head is packed 4096 rows at a time (no 600 MB int32 matrix for a 151936-row head); PyTorch's layout
+    packs 64-row blocks independently, so the result is the very tensor packing everything at once gives."""
+    from bitnet_hf.models.layers import QuantizedLMHead
+
+    weight = torch.randn(4096 + 90, 70, generator=torch.Generator().manual_seed(0)).bfloat16()
+    packed, scales_zeros = QuantizedLMHead.quantize(weight, "int4", torch.bfloat16)
+    q, expected_scales = QuantizedLMHead._quantize_rows(weight, "int4")
+    whole = torch.full((4096 + 96, 96), 8, dtype=torch.int32)
+    whole[:weight.shape[0]] = q
+    assert torch.equal(packed, torch.ops.aten._convert_weight_to_int4pack_for_cpu(whole, 1))
+    assert torch.equal(scales_zeros[:, :weight.shape[0]], expected_scales.transpose(0, 1).bfloat16())
+
+
+def _mapped_file(tensor: torch.Tensor) -> str | None:
+    """The file whose memory map holds ``tensor``'s bytes (Linux ``/proc/self/maps``), or None (anonymous memory)."""
+    address = tensor.data_ptr()
+    for line in open("/proc/self/maps", encoding="utf-8"):
+        fields = line.split()
+        start, end = (int(a, 16) for a in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) > 5 and fields[5].startswith("/") else None  # not [heap], [anon]
+    return None
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="needs Linux /proc/self/maps")
+def test_quantized_head_leaves_the_embedding_in_the_file(tmp_path):
+    """With a quantized head, the bf16 embedding/head matrix is mapped from the checkpoint, not held in RAM; the
+    quantized copy exists from load; the model computes the same; saving, even over the mapped file, is exact."""
+    from transformers import AutoModelForCausalLM
+
+    from bitnet_hf import save_checkpoint
+
+    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval()), tmp_path / "packed")
+    original = (tmp_path / "packed" / "model.safetensors").read_bytes()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int8").eval()
+    embedding = model.model.embed_tokens.weight
+    assert model.lm_head.weight is embedding and model.lm_head._quantized is not None
+    assert _mapped_file(embedding) == str((tmp_path / "packed" / "model.safetensors").resolve())
+    lazy = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").eval()  # full head: nothing mapped by us
+    assert not getattr(lazy, "_bitnet_mapped", [])
+    x = tokens(batch=2, length=7)
+    with torch.no_grad():
+        expected = model(x).logits
+    model.save_pretrained(tmp_path / "packed")  # over the very file the embedding was mapped from
+    assert (tmp_path / "packed" / "model.safetensors").read_bytes() == original
+    assert _mapped_file(model.model.embed_tokens.weight) is None  # copied into RAM before the save
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, expected)

@@ -9,11 +9,17 @@ This file only imports torch, transformers and its own folder: it travels into s
 
 from __future__ import annotations
 
+import ctypes
+import json
+import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import initialization as init
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 from .layers import LM_HEAD_MODES, BitLinear, FusedProjections, PackedBitLinear, QuantizedLMHead, SubLN
 
@@ -35,7 +41,8 @@ class BitNetConfigMixin:
         bitnet_lm_head: how a packed causal LM multiplies with its output head on CPU: ``"full"`` with the stored
             weight (exact), ``"int8"`` or ``"int4"`` with a quantized copy made at load (``QuantizedLMHead``;
             faster, at the accuracy cost measured in the README). The file is the same for all three; choose at
-            load with ``from_pretrained(path, bitnet_lm_head="int8")``.
+            load with ``from_pretrained(path, bitnet_lm_head="int8")``, which then also leaves the bf16
+            embedding matrix in the file, memory-mapped (see ``BitNetModelMixin.from_pretrained``).
     """
 
     bitnet_subln: str = "paper"
@@ -96,6 +103,38 @@ class BitNetModelMixin:
             self.lm_head = QuantizedLMHead.from_linear(self.lm_head, config.bitnet_lm_head)
         super().post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``from_pretrained``; with a quantized head (``bitnet_lm_head="int8"|"int4"``) on CPU it then
+        makes the head's quantized copy and maps the full-precision embedding/head matrix from the safetensors file
+        (copy-on-write, read-only use) instead of holding it in RAM. Only the rows the embedding looks up are read
+        into memory; gradients and ``save_pretrained`` still see the exact stored matrix (saving first copies it
+        into RAM, so overwriting the very file it maps is safe)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        head = getattr(model, "lm_head", None)
+        if isinstance(head, QuantizedLMHead) and head.weight.device.type == "cpu":
+            options = {k: kwargs[k] for k in ("subfolder", "revision", "cache_dir") if kwargs.get(k) is not None}
+            files = _safetensors_files(str(pretrained_model_name_or_path), options)
+            parameters = [model.get_input_embeddings().weight, head.weight]
+            # The quantized copy reads the whole matrix through a first mapping, released right after, so that none
+            # of the pages it read stays resident; the parameters then point at a second, untouched one.
+            head.prepare(head.weight.dtype, _file_views(model, parameters, files).get(id(head.weight)))
+            views = _file_views(model, parameters, files)
+            model._bitnet_mapped = []
+            for parameter in parameters:
+                if id(parameter) in views:
+                    parameter.data = views.pop(id(parameter))
+                    model._bitnet_mapped.append(parameter)
+            _return_free_memory()
+        return loaded
+
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        for parameter in getattr(self, "_bitnet_mapped", ()):
+            parameter.data = parameter.data.clone()  # into RAM: the save may overwrite the mapped file
+        self._bitnet_mapped = []
+        return super().save_pretrained(*args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, SubLN):
             init.ones_(module.weight)
@@ -122,3 +161,54 @@ class BitNetModelMixin:
         except ImportError:
             return super().push_to_hub(repo_id, **kwargs)
         return push_model(self, repo_id, **kwargs)
+
+
+_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+def _return_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``; elsewhere nothing): building the
+    quantized head leaves tens of MB of freed temporaries between long-lived blocks, which RSS would keep."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _safetensors_files(path: str, options: dict[str, Any]) -> list[Path]:
+    """The safetensors files of a local folder or an already downloaded Hub checkpoint (no network)."""
+    lookup = dict(options, local_files_only=True, _raise_exceptions_for_missing_entries=False)
+    index = cached_file(path, SAFE_WEIGHTS_INDEX_NAME, **lookup)
+    names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values())) if index else [SAFE_WEIGHTS_NAME]
+    files = [cached_file(path, name, **lookup) for name in names]
+    return [Path(f) for f in files if f]
+
+
+def _file_views(model: nn.Module, parameters: list[nn.Parameter], files: list[Path]) -> dict[int, torch.Tensor]:
+    """For each of ``parameters`` whose stored dtype and shape are the loaded ones, a view of its tensor in the
+    safetensors ``files`` through a private, copy-on-write memory map (one per file), keyed by ``id``. The views are
+    checked against the loaded values (first and last row), since they replace them."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):  # a tied matrix has several names
+        names.setdefault(id(p), []).append(name)
+    views: dict[int, torch.Tensor] = {}
+    for file in files:
+        with file.open("rb") as f:
+            header_size = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(header_size))
+        storage = None
+        for parameter in parameters:
+            info = next((header[n] for n in names.get(id(parameter), []) if n in header), None)
+            if (id(parameter) in views or info is None or _SAFETENSORS_DTYPES.get(info["dtype"]) != parameter.dtype
+                    or list(parameter.shape) != info["shape"] or not parameter.is_contiguous()):
+                continue
+            start = 8 + header_size + info["data_offsets"][0]
+            if start % parameter.element_size():
+                continue
+            if storage is None:
+                storage = torch.UntypedStorage.from_file(str(file), shared=False, nbytes=file.stat().st_size)
+            view = torch.empty(0, dtype=parameter.dtype).set_(storage, start // parameter.element_size(),
+                                                               parameter.shape, parameter.stride())
+            if torch.equal(view[:1], parameter[:1]) and torch.equal(view[-1:], parameter[-1:]):
+                views[id(parameter)] = view
+    return views

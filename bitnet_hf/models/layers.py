@@ -236,8 +236,7 @@ class QuantizedLMHead(nn.Linear):
         if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16)
                 or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             return F.linear(x, self.weight, self.bias)
-        if self._quantized is None or self._quantized[0] != x.dtype:
-            self._quantized = (x.dtype, *self.quantize(self.weight.detach(), self.mode, x.dtype))
+        self.prepare(x.dtype)
         _, weight, scales = self._quantized
         rows = x.reshape(-1, self.in_features)
         if self.mode == "int8":
@@ -249,11 +248,19 @@ class QuantizedLMHead(nn.Linear):
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
+    def prepare(self, dtype: torch.dtype, weight: torch.Tensor | None = None) -> None:
+        """Make the quantized copy for ``dtype`` activations now (``from_pretrained`` does, for the model's dtype),
+        from ``weight`` if given: the same values as ``self.weight`` held elsewhere (a memory map of the file)."""
+        if self._quantized is None or self._quantized[0] != dtype:
+            with torch.no_grad():
+                source = self.weight.detach() if weight is None else weight
+                self._quantized = (dtype, *self.quantize(source, self.mode, dtype))
+
     @staticmethod
     def quantize(weight: torch.Tensor, mode: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The quantized weight and its scales (int8) or scales and zeros (int4) for ``dtype`` activations, computed
         4096 rows at a time into preallocated tensors (a float32 copy of a whole 151936-row head would add 600 MB
-        to the peak memory). int4 still needs the whole matrix as int32 once, for PyTorch's packing op."""
+        to the peak memory)."""
         out_features, in_features = weight.shape
         chunk = 4096
         if mode == "int8":
@@ -263,14 +270,16 @@ class QuantizedLMHead(nn.Linear):
                 q[start:start + chunk], scales[start:start + chunk] = QuantizedLMHead._quantize_rows(
                     weight[start:start + chunk], mode)
             return q, scales.to(dtype)
+        # PyTorch's int4 CPU layout packs blocks of 64 rows independently, so packing 4096 rows at a time gives the
+        # very tensor packing the whole int32 matrix would (tested), without that 600 MB int32 matrix.
         rows, cols = out_features + -out_features % 16, in_features + -in_features % 32
-        q = torch.full((rows, cols), 8, dtype=torch.int32)
-        scales_zeros = torch.zeros(rows, cols // 32, 2, dtype=torch.float32)
-        for start in range(0, out_features, chunk):
-            q[start:start + chunk], scales_zeros[start:start + chunk] = QuantizedLMHead._quantize_rows(
-                weight[start:start + chunk], mode)
-        return (torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1),
-                scales_zeros.transpose(0, 1).contiguous().to(dtype))
+        packed, scales_zeros = [], torch.zeros(rows, cols // 32, 2, dtype=torch.float32)
+        for start in range(0, rows, chunk):
+            block = weight[start:start + chunk]
+            q = torch.full((min(chunk, rows - start), cols), 8, dtype=torch.int32)
+            q[:block.shape[0]], scales_zeros[start:start + block.shape[0]] = QuantizedLMHead._quantize_rows(block, mode)
+            packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        return torch.cat(packed), scales_zeros.transpose(0, 1).contiguous().to(dtype)
 
     @staticmethod
     def _quantize_rows(rows: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
