@@ -406,11 +406,11 @@ def cpu_kernel() -> str:
 def ternary_linear(x: torch.Tensor, layers: list, kernel: str) -> list[torch.Tensor]:
     """``y_i = layer_i(x)`` for packed linears ``layers`` that read the same ``x`` (float32 / bfloat16, CPU), in one
     call of the ``vnni`` or ``avx2`` kernel: the activations are quantized once."""
-    rows = x.reshape(-1, x.shape[-1])
-    outs = getattr(torch.ops, _NAMESPACE).ternary_linear(
-        rows, [m.weight for m in layers], [m.weight_scale for m in layers], [m.bias for m in layers],
-        [m.out_features for m in layers], _ISA[kernel])
-    return [y.view(*x.shape[:-1], m.out_features) for y, m in zip(outs, layers)]
+    op = _state.get("op") or _state.setdefault("op", getattr(torch.ops, _NAMESPACE).ternary_linear)
+    lead = x.shape[:-1]
+    outs = op(x.reshape(-1, x.shape[-1]), [m.weight for m in layers], [m.weight_scale for m in layers],  # type: ignore[operator]
+              [m.bias for m in layers], [m.out_features for m in layers], _ISA[kernel])
+    return [y.view(*lead, y.shape[-1]) for y in outs]
 
 
 def int4pack_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

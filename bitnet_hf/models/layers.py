@@ -40,8 +40,8 @@ class SubLN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight.float() * h).to(x.dtype)
+        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True).add_(self.eps))
+        return h.mul_(self.weight.float()).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -81,6 +81,9 @@ class BitLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, quantize={self.quantize}"
+
+
+_CPU_DTYPES = (torch.float32, torch.bfloat16)  # what the C++ and int4pack kernels take
 
 
 class PackedBitLinear(nn.Module):
@@ -131,9 +134,9 @@ class PackedBitLinear(nn.Module):
 
     def kernel_for(self, x: torch.Tensor) -> str:
         """The kernel that runs this layer on ``x``."""
-        wants_grad = torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad))
-        if (x.device.type != "cpu" or self.weight.device.type != "cpu"
-                or x.dtype not in (torch.float32, torch.bfloat16) or wants_grad):
+        if (x.dtype not in _CPU_DTYPES or x.device.type != "cpu" or self.weight.device.type != "cpu"
+                or (torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None
+                                                                     and self.bias.requires_grad)))):
             return "torch"
         return cpu_kernel()
 
