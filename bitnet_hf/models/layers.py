@@ -216,8 +216,8 @@ class QuantizedLMHead(nn.Linear):
     * ``int8``: one absmax scale per output row, ``_weight_int8pack_mm`` (int8 weights, activations unquantized);
     * ``int4``: groups of 32 columns, asymmetric min/max (16 levels), ``_weight_int4pack_mm_for_cpu``.
 
-    The copy is made at the first call on CPU (for the input's dtype); gradients, other devices and other dtypes
-    use the full-precision weight.
+    The copy is made by ``from_pretrained`` (for the model's dtype), else at the first call on CPU (for the input's
+    dtype); gradients, other devices and other dtypes use the full-precision weight.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
