@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="SubLN placement: 'paper' (attention output and FFN down projections), 'all', 'none'")
     p.add_argument("--no-quantize", action="store_true", help="build with quantization off (for checks)")
     p.add_argument("--calibration-data", type=Path,
-                   help="text file (one sample a line) or JSONL file to calibrate the SubLN gains on")
-    p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
+                   help="text (one sample a line), JSONL/JSON, CSV/TSV or parquet file, or a folder of them, to "
+                   "calibrate the SubLN gains on")
+    p.add_argument("--text-field", default="text",
+                   help="column holding the text (default: text, which is also a plain text file's column)")
     p.add_argument("--calibration-samples", type=int, default=64, help="samples to calibrate on (default: 64)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per calibration sample (default: 256)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the latent weights (default: float32)")
@@ -277,14 +278,14 @@ def _convert(args: argparse.Namespace) -> int:
 
     _require_checkpoint(Path(args.src))
     check_output_dir(args.out, args.overwrite)
-    if args.calibration_data is not None and not args.calibration_data.is_file():
+    if args.calibration_data is not None and not args.calibration_data.exists():
         raise FileNotFoundError(f"--calibration-data {args.calibration_data} does not exist")
     tokenizer = _tokenizer_or_none(args.src, AutoTokenizer)
     batches = None
     if args.calibration_data is not None:
         if tokenizer is None:
             raise ValueError(f"{args.src} has no tokenizer, which --calibration-data needs")
-        texts = list(_read_texts(args.calibration_data, args.text_field, args.calibration_samples))
+        texts = _read_texts(args.calibration_data, args.text_field, args.calibration_samples)
         batches = _batches(tokenizer, texts, args.max_length)
     model = convert_to_bitnet(args.src, subln=args.subln, quantize=not args.no_quantize,
                               calibration_batches=batches, dtype=getattr(torch, args.dtype))
@@ -399,23 +400,21 @@ def _tokenizer_or_none(path: str, auto_tokenizer):  # noqa: ANN001, ANN202 - Aut
     return auto_tokenizer.from_pretrained(path)
 
 
-def _read_texts(path: Path, field: str, limit: int) -> Iterator[str]:
-    count = 0
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if path.suffix == ".jsonl":
-                row = json.loads(line)
-                if field not in row:
-                    raise ValueError(f"{path}:{line_no} has no field {field!r} (fields: {sorted(row)}); "
-                                     "pass --text-field")
-                line = row[field]
-            yield line
-            count += 1
-            if count == limit:
-                return
+def _read_texts(path: Path, field: str, limit: int) -> list[str]:
+    """The first ``limit`` non-blank texts of a calibration file or folder (any format ``load_text_dataset`` reads;
+    plain text files have their lines in the ``text`` column)."""
+    from .data import load_text_dataset, require_columns
+
+    dataset = load_text_dataset(path)
+    require_columns(dataset, [field], f"--calibration-data {path}")
+    texts: list[str] = []
+    for row in dataset.select_columns([field]):  # row by row: a large file's column is not read whole
+        text = row[field]
+        if isinstance(text, str) and text.strip():
+            texts.append(text.strip())
+            if len(texts) == limit:
+                break
+    return texts
 
 
 def _batches(tokenizer, texts: list[str], max_length: int) -> list[dict]:  # noqa: ANN001

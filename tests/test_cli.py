@@ -87,3 +87,20 @@ def test_bench_measures_every_variant_side_by_side(fp_checkpoint, tmp_path, caps
     text = capsys.readouterr().out
     assert "| bf16 | torch (oneDNN) |" in text and "| packed |" in text and out.read_text().startswith(text.split("\n")[0])
     assert main(["bench", "--new-tokens", "1"]) == 2
+
+
+def test_calibration_texts_come_from_any_text_format(tmp_path):
+    """``convert --calibration-data`` reads what the other commands read (text, JSONL, CSV, a folder), skips blank
+    lines, stops at the sample count, and a missing column is named with the option that fixes it."""
+    from bitnet_hf.cli import _read_texts
+
+    (tmp_path / "a.txt").write_text("first line\n\n   \nsecond line\nthird line\n")
+    assert _read_texts(tmp_path / "a.txt", "text", 2) == ["first line", "second line"]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps({"sentence": s, "label": 1}) for s in ["one", "", "two", "three"]))
+    assert _read_texts(rows, "sentence", 10) == ["one", "two", "three"]
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "part.csv").write_text("sentence,label\nfrom csv,0\nagain,1\n")
+    assert _read_texts(tmp_path / "csv", "sentence", 10) == ["from csv", "again"]
+    with pytest.raises(ValueError, match=r"no column 'text' \(columns: sentence, label\).*--\*-field"):
+        _read_texts(rows, "text", 10)
