@@ -176,11 +176,15 @@ def _return_free_memory() -> None:
 
 
 def _safetensors_files(path: str, options: dict[str, Any]) -> list[Path]:
-    """The safetensors files of a local folder or an already downloaded Hub checkpoint (no network)."""
+    """The safetensors files of a local folder or an already downloaded Hub checkpoint (no network); none where
+    they cannot be found (the matrices then simply stay in RAM)."""
     lookup = dict(options, local_files_only=True, _raise_exceptions_for_missing_entries=False)
-    index = cached_file(path, SAFE_WEIGHTS_INDEX_NAME, **lookup)
-    names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values())) if index else [SAFE_WEIGHTS_NAME]
-    files = [cached_file(path, name, **lookup) for name in names]
+    try:
+        index = cached_file(path, SAFE_WEIGHTS_INDEX_NAME, **lookup)
+        names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values())) if index else [SAFE_WEIGHTS_NAME]
+        files = [cached_file(path, name, **lookup) for name in names]
+    except (OSError, ValueError, KeyError):
+        return []
     return [Path(f) for f in files if f]
 
 
