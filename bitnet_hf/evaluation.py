@@ -129,11 +129,11 @@ def decode_speed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     produce exactly ``new_tokens`` tokens after ``prompt`` (one untimed warm-up call first)."""
     batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=not uses_chat_template(tokenizer))
     batch = batch.to(model.device)
-    kwargs = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                  pad_token_id=_pad_id(tokenizer))
+    # eos_token_id=None rather than min_new_tokens, whose vocabulary-wide mask at every step would be timed too
+    kwargs = dict(do_sample=False, max_new_tokens=new_tokens, eos_token_id=None, pad_token_id=_pad_id(tokenizer))
     times = []
     with torch.no_grad():
-        model.generate(**batch, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})
+        model.generate(**batch, **{**kwargs, "max_new_tokens": 2})
         for _ in range(repeats):
             start = time.perf_counter()
             model.generate(**batch, **kwargs)
