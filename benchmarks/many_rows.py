@@ -1,0 +1,51 @@
+"""The ternary kernel against PyTorch's bf16 ``F.linear`` (oneDNN) as the rows per call grow (prefill, batches).
+
+For SmolLM2-135M's and Qwen3-0.6B's FFN shapes, bf16 activations, 2 threads, median of 5 calls after a warm-up:
+the active packed kernel (``vnni`` here), the ``torch`` path (unpack + bf16 ``F.linear``), and ``F.linear`` on a
+bf16 weight of the same shape (what the full-precision model runs).
+
+    python benchmarks/many_rows.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from bitnet_hf.models.kernels import cpu_kernel, ternary_linear
+from bitnet_hf.models.layers import PackedBitLinear
+
+
+def timed(step, repeats: int = 5) -> float:  # noqa: ANN001
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    kernel = cpu_kernel()
+    print(f"| shape (in x out) | rows | {kernel} ms | unpack + bf16 ms | bf16 F.linear ms | {kernel} / bf16 |")
+    print("|---|---|---|---|---|---|")
+    with torch.no_grad():
+        for in_features, out_features in [(576, 1536), (1024, 3072)]:
+            layer = PackedBitLinear(in_features, out_features, bias=False, dtype=torch.bfloat16)
+            layer.weight.copy_(torch.randint(0, 256, layer.weight.shape, dtype=torch.uint8))
+            dense = torch.randn(out_features, in_features).bfloat16()
+            for rows in (1, 32, 256, 2048):
+                x = torch.randn(rows, in_features).bfloat16()
+                packed = timed(lambda: ternary_linear(x, [layer], kernel))
+                unpack = timed(lambda: layer.reference_forward(x))
+                bf16 = timed(lambda: torch.nn.functional.linear(x, dense))
+                print(f"| {in_features} x {out_features} | {rows} | {packed:.2f} | {unpack:.2f} | {bf16:.2f} "
+                      f"| {packed / bf16:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
