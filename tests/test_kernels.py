@@ -63,8 +63,10 @@ def integer_reference(layer: PackedBitLinear, q: torch.Tensor, x: torch.Tensor) 
     return y.to(x.dtype)
 
 
-SHAPES = [  # (leading shape of x, in_features, out_features): widths not multiples of 64 / 32 / 4, batch > 1
+SHAPES = [  # (leading shape of x, in_features, out_features): widths not multiples of 64 / 32 / 4, batch > 1,
+    # and many rows (prefill: 2 x 75 rows cross the kernel's 64-token blocks and end in a partial group of 4)
     ((1,), 100, 13), ((1, 1), 1024, 3072), ((3, 7), 129, 37), ((2, 5), 64, 16), ((9,), 1000, 6), ((4, 2), 31, 5),
+    ((2, 75), 200, 70),
 ]
 
 

@@ -210,7 +210,10 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
   std::vector<int8_t> xq(M * Kp);
   std::vector<float> absmax(M);
   std::vector<int32_t> xsum(M);
-  quantize_rows(x.data_ptr<T>(), M, K, Kp, xq.data(), absmax.data(), xsum.data());
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, K)), [&](int64_t begin, int64_t end) {
+    quantize_rows(x.data_ptr<T>() + begin * K, end - begin, K, Kp, xq.data() + begin * Kp, absmax.data() + begin,
+                  xsum.data() + begin);
+  });
 
   const size_t n = weights.size();
   std::vector<at::Tensor> outs;
@@ -222,28 +225,34 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
   const int64_t total_rows = first_row[n];
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K * M / 64));
   const int64_t tokens = isa == kVnni ? 4 : 2;
+  // Many rows (prefill, batches): tokens in blocks of kTokenBlock, so that a block's activations stay in L2 while
+  // the thread's weight rows stream past them once per block (instead of all M tokens per weight row).
+  constexpr int64_t kTokenBlock = 64;
   at::parallel_for(0, total_rows, grain, [&](int64_t begin, int64_t end) {
     int32_t dots[16];
-    size_t i = 0;
-    for (int64_t flat = begin; flat < end; ++flat) {
-      while (flat >= first_row[i + 1]) ++i;
-      const int64_t r = flat - first_row[i], R = weights[i].size(0), N = out_features[i];
-      const uint8_t* w = weights[i].data_ptr<uint8_t>() + r * K;
-      const float scale = scales[i];
-      const T* bias = biases[i].has_value() ? biases[i]->data_ptr<T>() : nullptr;
-      T* y = outs[i].data_ptr<T>();
-      for (int64_t m0 = 0; m0 < M; m0 += tokens) {
-        const int64_t nt = std::min<int64_t>(tokens, M - m0);
-        ternary_dots(isa, nt, w, K, xq.data() + m0 * Kp, Kp, dots);
-        for (int64_t t = 0; t < nt; ++t) {
-          const int64_t m = m0 + t;
-          const float factor = (absmax[m] / 127.f) * scale;
-          for (int64_t j = 0; j < 4; ++j) {
-            const int64_t row = j * R + r;
-            if (row >= N) break;
-            float v = static_cast<float>(dots[t * 4 + j] - xsum[m]) * factor;
-            if (bias) v = v + static_cast<float>(bias[row]);
-            store(y + m * N + row, v);
+    for (int64_t mb = 0; mb < M; mb += kTokenBlock) {
+      const int64_t me = std::min(M, mb + kTokenBlock);
+      size_t i = 0;
+      for (int64_t flat = begin; flat < end; ++flat) {
+        while (flat >= first_row[i + 1]) ++i;
+        const int64_t r = flat - first_row[i], R = weights[i].size(0), N = out_features[i];
+        const uint8_t* w = weights[i].data_ptr<uint8_t>() + r * K;
+        const float scale = scales[i];
+        const T* bias = biases[i].has_value() ? biases[i]->data_ptr<T>() : nullptr;
+        T* y = outs[i].data_ptr<T>();
+        for (int64_t m0 = mb; m0 < me; m0 += tokens) {
+          const int64_t nt = std::min<int64_t>(tokens, me - m0);
+          ternary_dots(isa, nt, w, K, xq.data() + m0 * Kp, Kp, dots);
+          for (int64_t t = 0; t < nt; ++t) {
+            const int64_t m = m0 + t;
+            const float factor = (absmax[m] / 127.f) * scale;
+            for (int64_t j = 0; j < 4; ++j) {
+              const int64_t row = j * R + r;
+              if (row >= N) break;
+              float v = static_cast<float>(dots[t * 4 + j] - xsum[m]) * factor;
+              if (bias) v = v + static_cast<float>(bias[row]);
+              store(y + m * N + row, v);
+            }
           }
         }
       }
