@@ -25,8 +25,9 @@ def packed(in_features: int, out_features: int) -> PackedBitLinear:
     return layer
 
 
-def timed(step, repeats: int = 15) -> float:  # noqa: ANN001
-    for _ in range(3):
+def timed(step, repeats: int = 15, warmup: int = 3) -> float:  # noqa: ANN001
+    """Median milliseconds of ``repeats`` calls of ``step`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
         step()
     times = []
     for _ in range(repeats):

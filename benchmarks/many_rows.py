@@ -9,23 +9,10 @@ bf16 weight of the same shape (what the full-precision model runs).
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
+from decode_breakdown import packed, timed  # the folder of a script run as a file is on sys.path
 
 from bitnet_hf.models.kernels import cpu_kernel, ternary_linear
-from bitnet_hf.models.layers import PackedBitLinear
-
-
-def timed(step, repeats: int = 5) -> float:  # noqa: ANN001
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -35,16 +22,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     with torch.no_grad():
         for in_features, out_features in [(576, 1536), (1024, 3072)]:
-            layer = PackedBitLinear(in_features, out_features, bias=False, dtype=torch.bfloat16)
-            layer.weight.copy_(torch.randint(0, 256, layer.weight.shape, dtype=torch.uint8))
+            layer = packed(in_features, out_features)
             dense = torch.randn(out_features, in_features).bfloat16()
             for rows in (1, 32, 256, 2048):
                 x = torch.randn(rows, in_features).bfloat16()
-                packed = timed(lambda: ternary_linear(x, [layer], kernel))
-                unpack = timed(lambda: layer.reference_forward(x))
-                bf16 = timed(lambda: torch.nn.functional.linear(x, dense))
-                print(f"| {in_features} x {out_features} | {rows} | {packed:.2f} | {unpack:.2f} | {bf16:.2f} "
-                      f"| {packed / bf16:.2f} |")
+                ternary = timed(lambda: ternary_linear(x, [layer], kernel), repeats=5, warmup=1)
+                unpack = timed(lambda: layer.reference_forward(x), repeats=5, warmup=1)
+                bf16 = timed(lambda: torch.nn.functional.linear(x, dense), repeats=5, warmup=1)
+                print(f"| {in_features} x {out_features} | {rows} | {ternary:.2f} | {unpack:.2f} | {bf16:.2f} "
+                      f"| {ternary / bf16:.2f} |")
 
 
 if __name__ == "__main__":

@@ -55,10 +55,8 @@ _SOURCE = r"""
 
 namespace {
 
-#ifndef BITNET_PREFETCH
-#define BITNET_PREFETCH 4096
-#endif
 constexpr int kAvx2 = 1;
+constexpr int64_t kPrefetchBytes = 4096;  // how far ahead the VNNI loop prefetches weights
 constexpr int kVnni = 2;
 
 bool isa_supported(int64_t isa) {
@@ -122,7 +120,7 @@ inline void ternary_dots_vnni(const uint8_t* w, int64_t K, const int8_t* xq, int
   __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
           a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
   for (int64_t k = 0; k < K; k += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + k + BITNET_PREFETCH), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w + k + kPrefetchBytes), _MM_HINT_T0);
     const __m512i v = K - k >= 64 ? _mm512_loadu_si512(w + k)
                                   : _mm512_maskz_loadu_epi8((__mmask64(1) << (K - k)) - 1, w + k);
     const __m512i p0 = _mm512_and_si512(v, mask2);
