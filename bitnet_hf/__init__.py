@@ -7,6 +7,7 @@ import transformers
 
 from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint
 from .distill import BitDistillConfig, BitDistillTrainer
+from .generation import compile_decoding
 from .pretrain import continue_pretraining
 from .models import CONFIG_CLASSES, MODEL_CLASSES
 from .models.layers import BitLinear, PackedBitLinear, SubLN
@@ -24,5 +25,5 @@ def _register_auto_classes() -> None:
 
 _register_auto_classes()
 
-__all__ = ["BitDistillConfig", "BitDistillTrainer", "BitLinear", "PackedBitLinear", "SubLN", "continue_pretraining",
-           "convert_to_bitnet", "pack_bitnet", "save_checkpoint"]
+__all__ = ["BitDistillConfig", "BitDistillTrainer", "BitLinear", "PackedBitLinear", "SubLN", "compile_decoding",
+           "continue_pretraining", "convert_to_bitnet", "pack_bitnet", "save_checkpoint"]

@@ -16,7 +16,7 @@ import warnings
 import pytest
 import torch
 
-from bitnet_hf import PackedBitLinear, convert_to_bitnet, pack_bitnet
+from bitnet_hf import PackedBitLinear, compile_decoding, convert_to_bitnet, pack_bitnet
 from bitnet_hf.models import kernels
 from bitnet_hf.models.layers import FusedProjections
 from bitnet_hf.models.quantization import pack_ternary, quantize_activations
@@ -154,6 +154,36 @@ def test_packed_models_run_every_kernel(family):
             sampled = packed.generate(prompt, do_sample=True, top_k=5, max_new_tokens=6, pad_token_id=0)
         assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max(), name
         assert sampled.shape == (2, 11)
+
+
+@pytest.mark.parametrize("name", C_KERNELS)
+def test_compiled_packed_model_keeps_the_kernel(name):
+    """``torch.compile`` traces the C++ op (its fake implementation gives the shapes) in one graph, and the compiled
+    model, and ``generate`` after :func:`compile_decoding` (static cache, compiled decode step), give the eager
+    model's results."""
+    c_kernel_or_skip(name)
+    from torch._dynamo.backends.debugging import aot_eager
+    packed = pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval(), dtype=torch.float32)
+    x = tokens(batch=2, length=7)
+    torch._dynamo.reset()
+    with torch.no_grad(), kernel(name):
+        expected = packed(x).logits
+        # aot_eager: the compiler's tracing with fake tensors, without the C++ code generation of inductor
+        compiled = torch.compile(packed, backend="aot_eager", fullgraph=True)
+        assert torch.equal(compiled(x).logits, expected)
+        prompt = tokens(batch=1, length=5)
+        kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+        graphs = []
+
+        def backend(graph, example_inputs, **options):  # aot_eager, counting the graphs it is given
+            graphs.append(graph)
+            return aot_eager(graph, example_inputs)
+
+        eager = packed.generate(prompt, **kwargs)
+        compile_decoding(packed, backend=backend, fullgraph=True)
+        assert torch.equal(packed.generate(prompt, **kwargs), eager)
+        assert len(graphs) == 1  # the decode step, compiled once, in one graph
+    torch._dynamo.reset()
 
 
 def test_non_cpu_and_autograd_take_the_torch_kernel():

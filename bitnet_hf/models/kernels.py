@@ -330,6 +330,7 @@ def _build_library() -> None:
     if library.is_file():
         try:
             torch.ops.load_library(str(library))
+            _register_fake()
             return
         except OSError:
             pass  # a broken file from an interrupted build: build again
@@ -341,6 +342,17 @@ def _build_library() -> None:
         extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
         is_python_module=False, no_implicit_headers=True,
     )
+    _register_fake()
+
+
+def _register_fake() -> None:
+    """Shapes of ``ternary_linear``'s outputs for ``torch.compile`` (fake tensors), so a compiled model keeps the op."""
+
+    def fake(x: torch.Tensor, weights: list[torch.Tensor], scales: list[torch.Tensor],
+             biases: list[torch.Tensor | None], out_features: list[int], isa: int) -> list[torch.Tensor]:
+        return [x.new_empty(x.shape[0], n) for n in out_features]
+
+    torch.library.register_fake(f"{_NAMESPACE}::ternary_linear", fake)
 
 
 def _library_error() -> str | None:

@@ -179,7 +179,8 @@ class FusedProjections:
     parallel loop) and keeps the other outputs; a member then called with that very tensor (same object, not
     modified in place since) gets its kept output. Any other call computes afresh, so the result never depends on
     the calling order. Inference tensors (``torch.inference_mode``) carry no version counter to prove the input
-    unchanged, so each member computes alone there; ``torch.no_grad`` (as ``generate`` uses) keeps the fusion. Only the C++ kernels use it; the weights stay in their own modules (and files).
+    unchanged, and a graph traced by ``torch.compile`` cannot keep Python state between calls, so each member computes
+    alone there; eager ``torch.no_grad`` (as ``generate`` uses) keeps the fusion. Only the C++ kernels use it; the weights stay in their own modules (and files).
     """
 
     def __init__(self, members: list[PackedBitLinear]) -> None:
@@ -191,7 +192,7 @@ class FusedProjections:
         self._kept: dict[int, torch.Tensor] = {}
 
     def output(self, member: PackedBitLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
-        if x.is_inference():
+        if torch.compiler.is_compiling() or x.is_inference():
             self._kept.clear()
             self._input = None
             return ternary_linear(x, [member], kernel)[0]
