@@ -12,6 +12,9 @@ variants alike, and reports medians and, for the ratios to bf16, the median and 
 * model RSS: the worker's ``VmRSS`` after all its rounds (what the loaded model holds while it serves) minus what
   it held before loading (Python, torch, transformers); peak RSS: its ``VmHWM`` (loading included);
 * checkpoint: bytes of the ``.safetensors`` files the variant loads (fp32: the bf16 file's tensors at 4 bytes).
+
+The "compiled" variants decode through :func:`bitnet_hf.compile_decoding` (static cache, ``torch.compile``'d decode
+step); their warm-up ``generate`` compiles, so only the compiled step is timed. Prefill stays eager in every variant.
 """
 
 from __future__ import annotations
@@ -35,12 +38,17 @@ QWEN3_06B_SHAPE = dict(
 )
 
 
+VARIANTS = ("bf16", "fp32", "packed", "packed+int8 head", "packed+int4 head", "bf16 compiled",
+            "packed+int4 head compiled")
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     checkpoint: Path
     dtype: str  # dtype to load in
     lm_head: str | None = None  # bitnet_lm_head of a packed model
+    compiled: bool = False  # decode with a static cache and torch.compile (transformers' CompileConfig)
 
 
 def machine_description() -> dict[str, object]:
@@ -108,9 +116,12 @@ def prepare(checkpoint: str | None, workdir: Path) -> tuple[list[Variant], dict[
     variants = [Variant("bf16", fp_dir, "bfloat16"), Variant("fp32", fp_dir, "float32"),
                 Variant("packed", packed_dir, "bfloat16", "full"),
                 Variant("packed+int8 head", packed_dir, "bfloat16", "int8"),
-                Variant("packed+int4 head", packed_dir, "bfloat16", "int4")]
-    for v in variants[3:]:
-        sizes[v.name] = sizes["packed"]
+                Variant("packed+int4 head", packed_dir, "bfloat16", "int4"),
+                Variant("bf16 compiled", fp_dir, "bfloat16", compiled=True),
+                Variant("packed+int4 head compiled", packed_dir, "bfloat16", "int4", compiled=True)]
+    for v in variants:
+        sizes.setdefault(v.name, sizes["packed" if v.lm_head else "bf16"])
+    assert tuple(v.name for v in variants) == VARIANTS
     return variants, sizes, what
 
 
@@ -122,6 +133,9 @@ def run(checkpoint: str | None = None, *, prompt_tokens: int = 32, new_tokens: i
         rounds: int = 3, variants: list[str] | None = None, profile: bool = False,
         workdir: str | None = None) -> dict[str, object]:
     """Prepare the checkpoints, start one worker per variant, run ``rounds`` interleaved rounds; returns the result."""
+    unknown = sorted(set(variants or ()) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown bench variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory(prefix="bitnet-hf-bench-", dir=workdir) as tmp:
         machine = machine_description()
         all_variants, sizes, what = prepare(checkpoint, Path(tmp))
@@ -153,7 +167,8 @@ def run(checkpoint: str | None = None, *, prompt_tokens: int = 32, new_tokens: i
 class _Worker:
     def __init__(self, variant: Variant, prompt_tokens: int, new_tokens: int, threads: int, profile: bool) -> None:
         args = [sys.executable, "-m", "bitnet_hf.bench", "--worker", str(variant.checkpoint), variant.dtype,
-                variant.lm_head or "", str(prompt_tokens), str(new_tokens), str(threads), "1" if profile else "0"]
+                variant.lm_head or "", str(prompt_tokens), str(new_tokens), str(threads), "1" if profile else "0",
+                "1" if variant.compiled else "0"]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
@@ -183,11 +198,11 @@ def _memory_mib(field: str) -> float:
 
 
 def _worker(checkpoint: str, dtype: str, lm_head: str, prompt_tokens: int, new_tokens: int, threads: int,
-            profile: bool) -> None:
+            profile: bool, compiled: bool) -> None:
     import torch
     from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
-    import bitnet_hf  # noqa: F401 - registers the BitNet classes
+    from bitnet_hf import compile_decoding  # importing bitnet_hf registers the BitNet classes
     from bitnet_hf.models.kernels import cpu_kernel
 
     torch.set_num_threads(threads)
@@ -205,6 +220,9 @@ def _worker(checkpoint: str, dtype: str, lm_head: str, prompt_tokens: int, new_t
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             self.times.append(time.perf_counter())
             return scores
+
+    if compiled:
+        compile_decoding(model)
 
     def generate(stamps: Stamps | None = None) -> None:
         # eos_token_id=None: exactly new_tokens tokens, without min_new_tokens' per-step vocabulary-wide mask
@@ -291,4 +309,4 @@ def report(result: dict) -> str:
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
     _worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]),
-            sys.argv[8] == "1")
+            sys.argv[8] == "1", sys.argv[9] == "1")

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bench import VARIANTS
 from .models.base import SUBLN_PLACEMENTS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -338,7 +339,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _add_bench_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     p = sub.add_parser("bench", help="CPU speed, memory and size: bf16 vs fp32 vs packed ternary, side by side",
-                       description="Build the same model in bf16, fp32 and packed ternary (lm_head full, int8, int4), "
+                       description="Build the same model in bf16, fp32 and packed ternary (lm_head full, int8, int4; bf16 and "
+                       "int4 also with compiled decoding), "
                        "load each in its own process and measure decode and prefill speed inside generate, peak "
                        "RSS and checkpoint size, in interleaved rounds; print ratios to bf16. Default subject: a "
                        "random model of Qwen3-0.6B's shape.")
@@ -347,8 +349,9 @@ def _add_bench_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpars
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--variants", help="comma-separated subset of: bf16, fp32, packed, 'packed+int8 head', "
-                   "'packed+int4 head'")
+    p.add_argument("--variants", help="comma-separated subset of: " + ", ".join(VARIANTS) + " (compiled: static "
+                   "cache and torch.compile'd decode steps, see bitnet_hf.compile_decoding; each compiles for about a "
+                   "minute at warm-up)")
     p.add_argument("--profile", action="store_true", help="also profile one generate of the packed model")
     p.add_argument("--output", type=Path, help="write the result here as Markdown (and JSON beside it)")
 
