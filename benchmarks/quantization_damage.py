@@ -58,7 +58,7 @@ def main() -> None:
     print("| setting | held-out LM loss (nats/token) |\n|---|---|")
     for name, (weights_ternary, activations_int8, kept) in SETTINGS.items():
         for n, m in linears.items():
-            m.weight.data = ternary[n] if weights_ternary and not n.endswith(kept or ("-",)) else weights[n]
+            m.weight.data = ternary[n] if weights_ternary and not n.endswith(kept) else weights[n]
         quantize_inputs["on"] = activations_int8
         with torch.no_grad():
             loss = model(ids, labels=ids).loss.item()

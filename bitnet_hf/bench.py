@@ -38,8 +38,17 @@ QWEN3_06B_SHAPE = dict(
 )
 
 
-VARIANTS = ("bf16", "fp32", "packed", "packed+int8 head", "packed+int4 head", "bf16 compiled",
-            "packed+int4 head compiled")
+# name, checkpoint folder (full precision or packed), dtype to load in, bitnet_lm_head, compiled decoding
+_VARIANT_SPECS = (
+    ("bf16", "bf16", "bfloat16", None, False),
+    ("fp32", "bf16", "float32", None, False),
+    ("packed", "packed", "bfloat16", "full", False),
+    ("packed+int8 head", "packed", "bfloat16", "int8", False),
+    ("packed+int4 head", "packed", "bfloat16", "int4", False),
+    ("bf16 compiled", "bf16", "bfloat16", None, True),
+    ("packed+int4 head compiled", "packed", "bfloat16", "int4", True),
+)
+VARIANTS = tuple(spec[0] for spec in _VARIANT_SPECS)
 
 
 @dataclass(frozen=True)
@@ -111,17 +120,10 @@ def prepare(checkpoint: str | None, workdir: Path) -> tuple[list[Variant], dict[
         packed = pack_bitnet(convert_to_bitnet(fp))
     save_checkpoint(packed, packed_dir, overwrite=True)
     del fp, packed
-    sizes = {"bf16": _folder_bytes(fp_dir), "packed": _folder_bytes(packed_dir)}
-    sizes["fp32"] = 2 * sizes["bf16"]
-    variants = [Variant("bf16", fp_dir, "bfloat16"), Variant("fp32", fp_dir, "float32"),
-                Variant("packed", packed_dir, "bfloat16", "full"),
-                Variant("packed+int8 head", packed_dir, "bfloat16", "int8"),
-                Variant("packed+int4 head", packed_dir, "bfloat16", "int4"),
-                Variant("bf16 compiled", fp_dir, "bfloat16", compiled=True),
-                Variant("packed+int4 head compiled", packed_dir, "bfloat16", "int4", compiled=True)]
-    for v in variants:
-        sizes.setdefault(v.name, sizes["packed" if v.lm_head else "bf16"])
-    assert tuple(v.name for v in variants) == VARIANTS
+    variants = [Variant(name, workdir / folder, dtype, lm_head, compiled)
+                for name, folder, dtype, lm_head, compiled in _VARIANT_SPECS]
+    # fp32 loads the bf16 file: its tensors at 4 bytes
+    sizes = {v.name: _folder_bytes(v.checkpoint) * (2 if v.dtype == "float32" else 1) for v in variants}
     return variants, sizes, what
 
 

@@ -83,7 +83,7 @@ class BitLinear(nn.Linear):
         return f"{super().extra_repr()}, quantize={self.quantize}"
 
 
-_CPU_DTYPES = (torch.float32, torch.bfloat16)  # what the C++ and int4pack kernels take
+_CPU_DTYPES = (torch.float32, torch.bfloat16)  # what the CPU kernels (ternary linears, quantized head) take
 
 
 class PackedBitLinear(nn.Module):
@@ -180,7 +180,8 @@ class FusedProjections:
     modified in place since) gets its kept output. Any other call computes afresh, so the result never depends on
     the calling order. Inference tensors (``torch.inference_mode``) carry no version counter to prove the input
     unchanged, and a graph traced by ``torch.compile`` cannot keep Python state between calls, so each member computes
-    alone there; eager ``torch.no_grad`` (as ``generate`` uses) keeps the fusion. Only the C++ kernels use it; the weights stay in their own modules (and files).
+    alone there; eager ``torch.no_grad`` (as ``generate`` uses) keeps the fusion. Only the C++ kernels use it; the
+    weights stay in their own modules (and files).
     """
 
     def __init__(self, members: list[PackedBitLinear]) -> None:
@@ -237,7 +238,7 @@ class QuantizedLMHead(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16)
+        if (x.device.type != "cpu" or x.dtype not in _CPU_DTYPES
                 or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             return F.linear(x, self.weight, self.bias)
         self.prepare(x.dtype)
