@@ -24,7 +24,7 @@ def main() -> None:
         for in_features, out_features in [(576, 1536), (1024, 3072)]:
             layer = packed(in_features, out_features)
             dense = torch.randn(out_features, in_features).bfloat16()
-            for rows in (1, 32, 256, 2048):
+            for rows in (1, 32, 128, 256, 2048):
                 x = torch.randn(rows, in_features).bfloat16()
                 ternary = timed(lambda: ternary_linear(x, [layer], kernel), repeats=5, warmup=1)
                 unpack = timed(lambda: layer.reference_forward(x), repeats=5, warmup=1)

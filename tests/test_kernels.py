@@ -56,7 +56,7 @@ def random_layer(in_features: int, out_features: int, bias: bool, dtype: torch.d
 
 def integer_reference(layer: PackedBitLinear, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     xq, absmax = quantize_activations(x)
-    dot = xq.long() @ q.long().T  # exact
+    dot = xq.double() @ q.double().T  # exact: integers far below 2**53
     y = dot.float() * ((absmax / 127.0) * layer.weight_scale.float())
     if layer.bias is not None:
         y = y + layer.bias.float()
@@ -64,9 +64,11 @@ def integer_reference(layer: PackedBitLinear, q: torch.Tensor, x: torch.Tensor) 
 
 
 SHAPES = [  # (leading shape of x, in_features, out_features): widths not multiples of 64 / 32 / 4, batch > 1,
-    # and many rows (prefill: 2 x 75 rows cross the kernel's 64-token blocks and end in a partial group of 4)
+    # many rows through the matrix-vector loops (100 rows cross their 64-token blocks and end in a partial group
+    # of 4), and through the int8 GEMM route (>= 128 rows: 150, and 300 rows crossing its 256-row blocks with a
+    # weight of 2 unpacked chunks, the second holding 3 packed rows of which only the first has all 4 fields)
     ((1,), 100, 13), ((1, 1), 1024, 3072), ((3, 7), 129, 37), ((2, 5), 64, 16), ((9,), 1000, 6), ((4, 2), 31, 5),
-    ((2, 75), 200, 70),
+    ((100,), 200, 70), ((2, 75), 200, 70), ((3, 100), 4100, 1030),
 ]
 
 

@@ -8,16 +8,22 @@ Kernels (``BITNET_HF_KERNEL`` forces one; ``auto``, the default, takes the first
   code is ``w + 1`` in {0, 1, 2}, an unsigned byte, exactly what ``vpdpbusd`` wants: ``sum((w + 1) x) - sum(x)`` is
   the ternary dot product. No repacking, no extra memory: the file layout is the kernel layout.
 * ``avx2``: the same with ``vpmaddubsw`` / ``vpmaddwd`` on 32 columns.
+
+  Both are matrix-vector loops, best for decoding (one to a few rows of ``x``). From 128 rows on (prefill,
+  batches) they instead unpack the weight to int8 a 4 MB chunk at a time and multiply with oneDNN's int8 GEMM
+  (``torch._int_mm``), which reuses each weight load across many rows: 0.6-0.9x the time of bf16 ``F.linear`` at
+  128-2048 rows here (``benchmarks/many_rows.py``).
 * ``int4pack``: no compiler needed: the ternary weights stored exactly as int4 (2x the packed size) through
   PyTorch's ``_weight_int4pack_mm_for_cpu``, fed the dequantized int8 activations.
 * ``torch``: unpack and ``F.linear`` at every call (``PackedBitLinear``'s reference forward; any device).
 
 Exactness. ``vnni`` and ``avx2`` quantize the activations exactly as :func:`quantize_activations` does (same
-float32 operations, round half to even) and compute the same integer dot products ``xq . wq`` as the reference;
-they then scale in float32: ``y = float(dot) * ((absmax / 127) * weight_scale) (+ bias)``, rounded once to the
-input dtype. So they equal that expression of the integer reference bit for bit; against the ``torch`` path (which
-rounds ``xq * absmax / 127`` and ``wq * s`` to the input dtype before a float matmul) they differ by float rounding
-only. ``int4pack`` multiplies the same dequantized values as the ``torch`` path, in another summation order.
+float32 operations, round half to even) and compute the same integer dot products ``xq . wq`` as the reference,
+on either route; they then scale in float32: ``y = float(dot) * ((absmax / 127) * weight_scale) (+ bias)``,
+rounded once to the input dtype. So they equal that expression of the integer reference bit for bit; against the
+``torch`` path (which rounds ``xq * absmax / 127`` and ``wq * s`` to the input dtype before a float matmul) they
+differ by float rounding only. ``int4pack`` multiplies the same dequantized values as the ``torch`` path, in another
+summation order.
 
 The C++ source below is compiled with ``torch.utils.cpp_extension.load_inline`` into
 ``$BITNET_HF_CACHE/kernels`` (default ``~/.cache/bitnet_hf/kernels``), once per source version; later processes
@@ -50,14 +56,20 @@ _SOURCE = r"""
 #include <torch/library.h>
 #include <immintrin.h>
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 namespace {
 
 constexpr int kAvx2 = 1;
-constexpr int64_t kPrefetchBytes = 4096;  // how far ahead the VNNI loop prefetches weights
 constexpr int kVnni = 2;
+constexpr int64_t kPrefetchBytes = 4096;  // how far ahead the VNNI loop prefetches weights
+// From this many rows of x on (prefill, batches), the int8 GEMM of oneDNN on unpacked weights beats the GEMV loops
+// below (benchmarks/many_rows.py); it works on kUnpackedChunkBytes of unpacked weights and kTokenChunk rows at a time.
+constexpr int64_t kIntMmRows = 128;
+constexpr int64_t kUnpackedChunkBytes = int64_t(4) << 20;
+constexpr int64_t kTokenChunk = 256;
 
 bool isa_supported(int64_t isa) {
   __builtin_cpu_init();
@@ -69,16 +81,49 @@ bool isa_supported(int64_t isa) {
 
 // Per-token absmax int8 quantization, the float32 operations of quantize_activations():
 // xq = clamp(round(127 * x / (absmax + 1e-5)), -128, 127), round half to even. Rows padded with zeros to Kp.
+// Eight lanes at a time (AVX2: every C++ kernel has it); the same IEEE operations, so the same values as the
+// scalar tail.
+__attribute__((target("avx2")))
+inline __m256 load8(const float* x) { return _mm256_loadu_ps(x); }
+
+__attribute__((target("avx2")))
+inline __m256 load8(const at::BFloat16* x) {  // bf16 -> float32 is exact: the bits, shifted
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
 template <typename T>
+__attribute__((target("avx2")))
 void quantize_rows(const T* x, int64_t M, int64_t K, int64_t Kp, int8_t* xq, float* absmax, int32_t* xsum) {
+  const __m256 sign = _mm256_set1_ps(-0.f), c127 = _mm256_set1_ps(127.f);
+  const __m256 lo = _mm256_set1_ps(-128.f), hi = _mm256_set1_ps(127.f);
+  const int64_t K8 = K / 8 * 8;
   for (int64_t m = 0; m < M; ++m) {
     const T* row = x + m * K;
+    __m256 vmax = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K8; k += 8) vmax = _mm256_max_ps(_mm256_andnot_ps(sign, load8(row + k)), vmax);
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, vmax);
     float amax = 0.f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(static_cast<float>(row[k])));
+    for (float v : lanes) amax = std::max(amax, v);
+    for (int64_t k = K8; k < K; ++k) amax = std::max(amax, std::fabs(static_cast<float>(row[k])));
     const float denom = amax + 1e-5f;
-    int32_t sum = 0;
+    const __m256 vdenom = _mm256_set1_ps(denom);
     int8_t* q = xq + m * Kp;
-    for (int64_t k = 0; k < K; ++k) {
+    __m256i vsum = _mm256_setzero_si256();
+    for (int64_t k = 0; k < K8; k += 8) {
+      __m256 v = _mm256_div_ps(_mm256_mul_ps(c127, load8(row + k)), vdenom);
+      v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256i i32 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+      vsum = _mm256_add_epi32(vsum, i32);
+      const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(i16, i16));
+    }
+    alignas(32) int32_t sums[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sums), vsum);
+    int32_t sum = 0;
+    for (int32_t v : sums) sum += v;
+    for (int64_t k = K8; k < K; ++k) {
       float v = std::nearbyint((127.f * static_cast<float>(row[k])) / denom);
       v = std::min(std::max(v, -128.f), 127.f);
       q[k] = static_cast<int8_t>(v);
@@ -195,6 +240,24 @@ inline void ternary_dots(int isa, int64_t nt, const uint8_t* w, int64_t K, const
 template <typename T>
 void store(T* out, float v) { *out = static_cast<T>(v); }
 
+// `rows` packed rows (K bytes each) as the int8 ternary values of one of their 2-bit fields (`shift` 0, 2, 4, 6):
+// each byte holds w + 1 of 4 output rows.
+__attribute__((target("avx2")))
+void unpack_field(const uint8_t* w, int64_t rows, int64_t K, int shift, int8_t* out) {
+  const __m256i mask2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  const __m128i count = _mm_cvtsi32_si128(shift);
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* src = w + r * K;
+    int8_t* dst = out + r * K;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      const __m256i v = _mm256_srl_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k)), count);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm256_sub_epi8(_mm256_and_si256(v, mask2), one));
+    }
+    for (; k < K; ++k) dst[k] = static_cast<int8_t>(((src[k] >> shift) & 3) - 1);
+  }
+}
+
 // y[m, n] = float(sum_k xq[m, k] * wq[n, k]) * ((absmax[m] / 127) * scale) (+ bias[n]), for each weight of
 // `weights` (uint8, transformers' packed layout) read with the same activations. One parallel loop over all
 // packed rows of all weights.
@@ -205,11 +268,12 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
                                            const std::vector<int64_t>& out_features, int isa) {
   const int64_t M = x.size(0), K = x.size(1);
   const int64_t Kp = (K + 63) / 64 * 64;
-  std::vector<int8_t> xq(M * Kp);
+  const at::Tensor xq_rows = at::empty({M, Kp}, x.options().dtype(at::kChar));
+  int8_t* const xq = xq_rows.data_ptr<int8_t>();
   std::vector<float> absmax(M);
   std::vector<int32_t> xsum(M);
   at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, K)), [&](int64_t begin, int64_t end) {
-    quantize_rows(x.data_ptr<T>() + begin * K, end - begin, K, Kp, xq.data() + begin * Kp, absmax.data() + begin,
+    quantize_rows(x.data_ptr<T>() + begin * K, end - begin, K, Kp, xq + begin * Kp, absmax.data() + begin,
                   xsum.data() + begin);
   });
 
@@ -219,6 +283,61 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
   for (size_t i = 0; i < n; ++i) {
     outs.push_back(at::empty({M, out_features[i]}, x.options()));
     first_row[i + 1] = first_row[i] + weights[i].size(0);
+  }
+  if (M >= kIntMmRows) {
+    // Many rows (prefill, batches): oneDNN's int8 GEMM (at::_int_mm) on the weight unpacked to int8, a chunk of
+    // packed rows [r0, r1) at a time: the same integer dot products, so the same outputs bit for bit. The chunk's
+    // output rows are its 2-bit fields' segments [j R + r0, j R + r1) (those < N), unpacked one after the other.
+    // The workspaces are reused between calls: fresh ones would cost a page fault per 4 KB at every call.
+    thread_local std::vector<int8_t> unpacked;
+    thread_local std::vector<int32_t> dots;
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t N = out_features[i], R = weights[i].size(0);
+      const int64_t chunk = std::min(R, std::max<int64_t>(1, kUnpackedChunkBytes / (4 * K)));
+      unpacked.resize(4 * chunk * K);
+      dots.resize(kTokenChunk * 4 * chunk);
+      int8_t* const wbuf = unpacked.data();  // thread_local names would mean the worker threads' own copies
+      int32_t* const dbuf = dots.data();
+      const float scale = scales[i];
+      const T* bias = biases[i].has_value() ? biases[i]->data_ptr<T>() : nullptr;
+      T* y = outs[i].data_ptr<T>();
+      for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+        const int64_t r1 = std::min(R, r0 + chunk);
+        int64_t segment[5] = {0};  // field j's rows sit at [segment[j], segment[j + 1]) of the unpacked chunk
+        for (int64_t j = 0; j < 4; ++j) segment[j + 1] = segment[j] + std::clamp<int64_t>(N - j * R, r0, r1) - r0;
+        const int64_t cols = segment[4];
+        const uint8_t* w = weights[i].data_ptr<uint8_t>() + r0 * K;
+        at::parallel_for(0, 4 * (r1 - r0), std::max<int64_t>(1, 16384 / K), [&](int64_t begin, int64_t end) {
+          for (int64_t t = begin; t < end; ++t) {  // t = j * (r1 - r0) + (r - r0)
+            const int64_t j = t / (r1 - r0), r = t % (r1 - r0);
+            if (segment[j] + r < segment[j + 1])
+              unpack_field(w + r * K, 1, K, 2 * static_cast<int>(j), wbuf + (segment[j] + r) * K);
+          }
+        });
+        const at::Tensor wq = at::from_blob(wbuf, {cols, K}, xq_rows.options());
+        for (int64_t m0 = 0; m0 < M; m0 += kTokenChunk) {
+          const int64_t mc = std::min(kTokenChunk, M - m0);
+          at::Tensor d = at::from_blob(dbuf, {mc, cols}, xq_rows.options().dtype(at::kInt));
+          at::_int_mm_out(d, xq_rows.narrow(0, m0, mc).narrow(1, 0, K), wq.t());
+          at::parallel_for(0, mc, std::max<int64_t>(1, 16384 / cols), [&](int64_t begin, int64_t end) {
+            for (int64_t m = begin; m < end; ++m) {
+              const float factor = (absmax[m0 + m] / 127.f) * scale;
+              T* ym = y + (m0 + m) * N;
+              for (int64_t j = 0; j < 4; ++j) {
+                const int32_t* dm = dbuf + m * cols + segment[j];
+                const int64_t first = j * R + r0;  // output row of the segment's first column
+                for (int64_t c = 0; c < segment[j + 1] - segment[j]; ++c) {
+                  float v = static_cast<float>(dm[c]) * factor;
+                  if (bias) v = v + static_cast<float>(bias[first + c]);
+                  store(ym + first + c, v);
+                }
+              }
+            }
+          });
+        }
+      }
+    }
+    return outs;
   }
   const int64_t total_rows = first_row[n];
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K * M / 64));
@@ -240,7 +359,7 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
         T* y = outs[i].data_ptr<T>();
         for (int64_t m0 = mb; m0 < me; m0 += tokens) {
           const int64_t nt = std::min<int64_t>(tokens, me - m0);
-          ternary_dots(isa, nt, w, K, xq.data() + m0 * Kp, Kp, dots);
+          ternary_dots(isa, nt, w, K, xq + m0 * Kp, Kp, dots);
           for (int64_t t = 0; t < nt; ++t) {
             const int64_t m = m0 + t;
             const float factor = (absmax[m] / 127.f) * scale;
