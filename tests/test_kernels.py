@@ -162,7 +162,7 @@ def test_packed_models_run_every_kernel(family):
 def test_compiled_packed_model_keeps_the_kernel(name):
     """``torch.compile`` traces the C++ op (its fake implementation gives the shapes) in one graph, and the compiled
     model, and ``generate`` after :func:`compile_decoding` (static cache, compiled decode step), give the eager
-    model's results."""
+    model's results; the graph keeps q/k/v and gate/up as one kernel call each."""
     c_kernel_or_skip(name)
     from torch._dynamo.backends.debugging import aot_eager
     packed = pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval(), dtype=torch.float32)
@@ -185,6 +185,10 @@ def test_compiled_packed_model_keeps_the_kernel(name):
         compile_decoding(packed, backend=backend, fullgraph=True)
         assert torch.equal(packed.generate(prompt, **kwargs), eager)
         assert len(graphs) == 1  # the decode step, compiled once, in one graph
+        calls = [n for n in graphs[0].graph.nodes if "ternary_linear" in str(n.target)]
+        linears = [m for m in packed.modules() if isinstance(m, PackedBitLinear)]
+        groups = {id(m.fused): len(m.fused.members) for m in linears if m.fused is not None}
+        assert groups and len(calls) == len(linears) - sum(n - 1 for n in groups.values())  # q/k/v, gate/up fused
     torch._dynamo.reset()
 
 
@@ -344,3 +348,67 @@ def test_quantized_head_leaves_the_embedding_in_the_file(tmp_path):
     assert _mapped_file(model.model.embed_tokens.weight) is None  # copied into RAM before the save
     with torch.no_grad():
         assert torch.equal(model(x).logits, expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_quantized_head_reads_embedding_rows_from_the_file(family, tmp_path, monkeypatch):
+    """With a quantized head, lookups without gradients read the rows from the checkpoint with ``pread`` (so they
+    leave no page of the memory map resident): the same values as the embedding in RAM, the family's own forward
+    (Gemma 3's scaling) on top; the usual error for an index out of range; gradients and saving as before."""
+    from transformers import AutoModelForCausalLM
+
+    from bitnet_hf import save_checkpoint
+    from bitnet_hf.models.layers import FileRowsEmbedding
+
+    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model(family)).eval()), tmp_path / "packed")
+    in_ram = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").eval().get_input_embeddings()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int8").eval()
+    embedding = model.get_input_embeddings()
+    assert isinstance(embedding, FileRowsEmbedding) and isinstance(embedding, type(in_ram))
+    x = tokens(batch=2, length=7)
+    with torch.no_grad():
+        expected_logits, expected_rows = model(x).logits, in_ram(x)
+        with monkeypatch.context() as patch:  # the mapped matrix is not read
+            patch.setattr(torch.nn.functional, "embedding", lambda *a, **k: pytest.fail("read through the map"))
+            assert torch.equal(embedding(x), expected_rows)
+        with pytest.raises(IndexError, match="out of range"):
+            embedding(torch.tensor([[3, embedding.num_embeddings]]))
+    assert torch.equal(embedding(x), in_ram(x))  # with gradients on: F.embedding on the stored matrix
+    model.save_pretrained(tmp_path / "again")
+    assert type(model.get_input_embeddings()) is type(in_ram)  # back to the family's class: the file may change
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, expected_logits)
+
+
+def test_embedding_rows_from_a_replaced_file_are_an_error(tmp_path):
+    """A checkpoint file replaced after loading (a new file under the same name) is never read as the model's."""
+    from transformers import AutoModelForCausalLM
+
+    from bitnet_hf import save_checkpoint
+
+    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval()), tmp_path / "packed")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int8").eval()
+    file = tmp_path / "packed" / "model.safetensors"
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(file.read_bytes())
+    copy.replace(file)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="replaced after the model was loaded"):
+        model(tokens(batch=1, length=3))
+
+
+def test_file_rows_embedding_compiles_in_one_graph(tmp_path):
+    """The row read is an operator with a fake implementation: a model with a quantized head compiles in one graph
+    and computes what it computes eagerly."""
+    from transformers import AutoModelForCausalLM
+
+    from bitnet_hf import save_checkpoint
+
+    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval()), tmp_path / "packed")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int8").eval()
+    x = tokens(batch=2, length=7)
+    torch._dynamo.reset()
+    with torch.no_grad(), kernel("torch"):
+        expected = model(x).logits
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        assert torch.equal(compiled(x).logits, expected)
+    torch._dynamo.reset()

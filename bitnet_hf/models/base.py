@@ -21,7 +21,15 @@ from torch import nn
 from transformers import initialization as init
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
-from .layers import LM_HEAD_MODES, BitLinear, FusedProjections, PackedBitLinear, QuantizedLMHead, SubLN
+from .layers import (
+    LM_HEAD_MODES,
+    BitLinear,
+    FileRowsEmbedding,
+    FusedProjections,
+    PackedBitLinear,
+    QuantizedLMHead,
+    SubLN,
+)
 
 SUBLN_PLACEMENTS = ("paper", "all", "none")
 
@@ -42,7 +50,8 @@ class BitNetConfigMixin:
             weight (exact), ``"int8"`` or ``"int4"`` with a quantized copy made at load (``QuantizedLMHead``;
             faster, at the accuracy cost measured in the README). The file is the same for all three; choose at
             load with ``from_pretrained(path, bitnet_lm_head="int8")``, which then also leaves the bf16
-            embedding matrix in the file, memory-mapped (see ``BitNetModelMixin.from_pretrained``).
+            embedding matrix in the file, memory-mapped, and reads looked-up rows from it (see
+            ``BitNetModelMixin.from_pretrained``).
     """
 
     bitnet_subln: str = "paper"
@@ -107,9 +116,9 @@ class BitNetModelMixin:
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
         """transformers' ``from_pretrained``; with a quantized head (``bitnet_lm_head="int8"|"int4"``) on CPU it then
         makes the head's quantized copy and maps the full-precision embedding/head matrix from the safetensors file
-        (copy-on-write, read-only use) instead of holding it in RAM. Only the rows the embedding looks up are read
-        into memory; gradients and ``save_pretrained`` still see the exact stored matrix (saving first copies it
-        into RAM, so overwriting the very file it maps is safe)."""
+        (copy-on-write, read-only use) instead of holding it in RAM. The embedding reads the rows it looks up from
+        the file (``FileRowsEmbedding``), so only those enter memory; gradients and ``save_pretrained`` still see
+        the exact stored matrix (saving first copies it into RAM, so overwriting the very file it maps is safe)."""
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         head = getattr(model, "lm_head", None)
@@ -119,17 +128,22 @@ class BitNetModelMixin:
             parameters = [model.get_input_embeddings().weight, head.weight]
             # The quantized copy reads the whole matrix through a first mapping, released right after, so that none
             # of the pages it read stays resident; the parameters then point at a second, untouched one.
-            head.prepare(head.weight.dtype, _file_views(model, parameters, files).get(id(head.weight)))
+            head.prepare(head.weight.dtype, _file_views(model, parameters, files).get(id(head.weight), (None,))[0])
             views = _file_views(model, parameters, files)
             model._bitnet_mapped = []
             for parameter in parameters:
                 if id(parameter) in views:
-                    parameter.data = views.pop(id(parameter))
+                    view, file = views.pop(id(parameter))
+                    parameter.data = view
                     model._bitnet_mapped.append(parameter)
+                    embedding = model.get_input_embeddings()
+                    if parameter is embedding.weight and isinstance(embedding, nn.Embedding):
+                        FileRowsEmbedding.attach(embedding, file, view.storage_offset() * view.element_size())
             _return_free_memory()
         return loaded
 
     def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        FileRowsEmbedding.detach(self.get_input_embeddings())
         for parameter in getattr(self, "_bitnet_mapped", ()):
             parameter.data = parameter.data.clone()  # into RAM: the save may overwrite the mapped file
         self._bitnet_mapped = []
@@ -188,14 +202,15 @@ def _safetensors_files(path: str, options: dict[str, Any]) -> list[Path]:
     return [Path(f) for f in files if f]
 
 
-def _file_views(model: nn.Module, parameters: list[nn.Parameter], files: list[Path]) -> dict[int, torch.Tensor]:
+def _file_views(model: nn.Module, parameters: list[nn.Parameter], files: list[Path]
+                ) -> dict[int, tuple[torch.Tensor, Path]]:
     """For each of ``parameters`` whose stored dtype and shape are the loaded ones, a view of its tensor in the
-    safetensors ``files`` through a private, copy-on-write memory map (one per file), keyed by ``id``. The views are
-    checked against the loaded values (first and last row), since they replace them."""
+    safetensors ``files`` through a private, copy-on-write memory map (one per file), and that file, keyed by ``id``.
+    The views are checked against the loaded values (first and last row), since they replace them."""
     names: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):  # a tied matrix has several names
         names.setdefault(id(p), []).append(name)
-    views: dict[int, torch.Tensor] = {}
+    views: dict[int, tuple[torch.Tensor, Path]] = {}
     for file in files:
         with file.open("rb") as f:
             header_size = struct.unpack("<Q", f.read(8))[0]
@@ -214,5 +229,5 @@ def _file_views(model: nn.Module, parameters: list[nn.Parameter], files: list[Pa
             view = torch.empty(0, dtype=parameter.dtype).set_(storage, start // parameter.element_size(),
                                                                parameter.shape, parameter.stride())
             if torch.equal(view[:1], parameter[:1]) and torch.equal(view[-1:], parameter[-1:]):
-                views[id(parameter)] = view
+                views[id(parameter)] = (view, file)
     return views

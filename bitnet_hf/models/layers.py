@@ -9,6 +9,9 @@ This file only imports torch, transformers and its own folder: it travels into s
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -179,9 +182,10 @@ class FusedProjections:
     parallel loop) and keeps the other outputs; a member then called with that very tensor (same object, not
     modified in place since) gets its kept output. Any other call computes afresh, so the result never depends on
     the calling order. Inference tensors (``torch.inference_mode``) carry no version counter to prove the input
-    unchanged, and a graph traced by ``torch.compile`` cannot keep Python state between calls, so each member computes
-    alone there; eager ``torch.no_grad`` (as ``generate`` uses) keeps the fusion. Only the C++ kernels use it; the
-    weights stay in their own modules (and files).
+    unchanged, so each member computes alone there. ``torch.compile`` traces the hand-over into its graph (one
+    kernel call for the group), by identity of the input alone, as the tracer cannot read version counters: the
+    traced code, transformers' attention and MLP, reads that input without modifying it in place. Only the C++
+    kernels use it; the weights stay in their own modules (and files).
     """
 
     def __init__(self, members: list[PackedBitLinear]) -> None:
@@ -193,17 +197,18 @@ class FusedProjections:
         self._kept: dict[int, torch.Tensor] = {}
 
     def output(self, member: PackedBitLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
-        if torch.compiler.is_compiling() or x.is_inference():
+        compiling = torch.compiler.is_compiling()
+        if not compiling and x.is_inference():
             self._kept.clear()
             self._input = None
             return ternary_linear(x, [member], kernel)[0]
         kept = self._kept.pop(id(member), None)
-        if kept is not None and self._input is x and self._version == x._version:
+        if kept is not None and self._input is x and (compiling or self._version == x._version):
             if not self._kept:
                 self._input = None
             return kept
         outs = ternary_linear(x, self.members, kernel)
-        self._input, self._version = x, x._version
+        self._input, self._version = x, (-1 if compiling else x._version)
         self._kept = {id(m): y for m, y in zip(self.members, outs) if m is not member}
         return outs[self.members.index(member)]
 
@@ -303,3 +308,76 @@ class QuantizedLMHead(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mode={self.mode} on CPU"
+
+
+def _read_rows(ids: torch.Tensor, path: str, inode: int, offset: int, rows: int, cols: int,
+               dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``ids`` of the ``(rows, cols)`` matrix of ``dtype`` stored at byte ``offset`` of the file ``path``, read
+    with ``pread`` (through the page cache, into this tensor only). ``inode`` is the file's when the model loaded."""
+    flat = ids.reshape(-1).tolist()
+    bad = [i for i in flat if not 0 <= i < rows]
+    if bad:
+        raise IndexError(f"index {bad[0]} out of range in self (an embedding of {rows} rows)")
+    out = torch.empty(len(flat), cols, dtype=dtype)
+    raw = out.view(torch.uint8).numpy()
+    row_bytes = raw.shape[1]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if os.fstat(fd).st_ino != inode:
+            raise RuntimeError(f"{path} was replaced after the model was loaded from it; load the model again")
+        for i, row in enumerate(flat):
+            if os.preadv(fd, [raw[i]], offset + row * row_bytes) != row_bytes:
+                raise RuntimeError(f"{path} is shorter than when the model was loaded from it; load the model again")
+    finally:
+        os.close(fd)
+    return out.view(*ids.shape, cols)
+
+
+def _read_rows_fake(ids: torch.Tensor, path: str, inode: int, offset: int, rows: int, cols: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    return ids.new_empty(*ids.shape, cols, dtype=dtype)
+
+
+# An operator, so that torch.compile keeps the read as one call in its graph. Defined once per process: this file
+# may be imported twice (as bitnet_hf and as a checkpoint's remote code).
+if not hasattr(torch.ops.bitnet_hf, "read_rows"):
+    torch.library.custom_op("bitnet_hf::read_rows", _read_rows, mutates_args=()).register_fake(_read_rows_fake)
+
+
+_FILE_ROWS_CLASSES: dict[type, type] = {}  # an nn.Embedding subclass -> its FileRowsEmbedding version
+
+
+class FileRowsEmbedding(nn.Embedding):
+    """An embedding whose matrix stays in the checkpoint's safetensors file: without gradients, a lookup reads only
+    its rows, with ``pread``. Set up by ``from_pretrained`` with a quantized head (``bitnet_lm_head``), where the
+    matrix is only looked up: that keeps the process's memory to the rows read, where reading through the file's
+    memory map would keep a large folio of the page cache (about 1 MB here) per row looked up.
+
+    ``weight`` is still the stored matrix (memory-mapped), for gradients and ``save_pretrained``.
+    """
+
+    rows_source: tuple[str, int, int]  # path, inode, byte offset of the matrix
+
+    @classmethod
+    def attach(cls, embedding: nn.Embedding, path: Path, offset: int) -> None:
+        """Make ``embedding`` (an ``nn.Embedding`` or a subclass, such as Gemma 3's scaled one, whose own forward
+        then runs on top) read its rows from ``path``, where its matrix starts at byte ``offset``."""
+        base = type(embedding)
+        if base is not nn.Embedding and base not in _FILE_ROWS_CLASSES:
+            _FILE_ROWS_CLASSES[base] = type(f"FileRows{base.__name__}", (base, cls), {})
+        embedding.__class__ = _FILE_ROWS_CLASSES.get(base, cls)
+        embedding.rows_source = (str(path), path.stat().st_ino, offset)
+
+    @staticmethod
+    def detach(embedding: nn.Module) -> None:
+        """Undo :meth:`attach` (before the file may change)."""
+        if isinstance(embedding, FileRowsEmbedding):
+            embedding.__class__ = next(c for c in type(embedding).__mro__ if not issubclass(c, FileRowsEmbedding))
+            del embedding.rows_source
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.max_norm is not None or (torch.is_grad_enabled() and self.weight.requires_grad):
+            return super().forward(input)
+        path, inode, offset = self.rows_source
+        return torch.ops.bitnet_hf.read_rows(input, path, inode, offset, self.num_embeddings, self.embedding_dim,
+                                             self.weight.dtype)
