@@ -10,11 +10,13 @@ variants alike, and reports medians and, for the ratios to bf16, the median and 
   time stamps: (new tokens - 1) / (time of the last step - time of the first), so the prefill is excluded;
 * prefill tok/s: prompt tokens / time of one forward over the prompt (no cache);
 * model RSS: the worker's ``VmRSS`` after all its rounds (what the loaded model holds while it serves) minus what
-  it held before loading (Python, torch, transformers); peak RSS: its ``VmHWM`` (loading included);
+  it held before loading (Python, torch, transformers), also after ``malloc_trim`` (the heap's free pages returned);
+  peak RSS: its ``VmHWM`` (loading included);
 * checkpoint: bytes of the ``.safetensors`` files the variant loads (fp32: the bf16 file's tensors at 4 bytes).
 
 The "compiled" variants decode through :func:`bitnet_hf.compile_decoding` (static cache, ``torch.compile``'d decode
-step); their warm-up ``generate`` compiles, so only the compiled step is timed. Prefill stays eager in every variant.
+step); their warm-up ``generate`` compiles, from scratch (an inductor cache of this run only), so only the compiled
+step is timed, and their RSS includes the compiler's own. Prefill stays eager in every variant.
 """
 
 from __future__ import annotations
@@ -171,7 +173,10 @@ class _Worker:
         args = [sys.executable, "-m", "bitnet_hf.bench", "--worker", str(variant.checkpoint), variant.dtype,
                 variant.lm_head or "", str(prompt_tokens), str(new_tokens), str(threads), "1" if profile else "0",
                 "1" if variant.compiled else "0"]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        # A compiled variant compiles from scratch, into an inductor cache of this run only, so results do not
+        # depend on what earlier runs left in the user's cache (a process that finds its code there holds less).
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+               "TORCHINDUCTOR_CACHE_DIR": str(variant.checkpoint.parent / "inductor-cache")}
         self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def send(self, command: str) -> None:
@@ -205,6 +210,7 @@ def _worker(checkpoint: str, dtype: str, lm_head: str, prompt_tokens: int, new_t
     from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
     from bitnet_hf import compile_decoding  # importing bitnet_hf registers the BitNet classes
+    from bitnet_hf.models.base import _return_free_memory
     from bitnet_hf.models.kernels import cpu_kernel
 
     torch.set_num_threads(threads)
@@ -256,6 +262,8 @@ def _worker(checkpoint: str, dtype: str, lm_head: str, prompt_tokens: int, new_t
                 "peak_rss_mib": _memory_mib("VmHWM"),
                 "model_rss_mib": _memory_mib("VmRSS") - before,
             }
+            _return_free_memory()  # what the heap holds freed (compilation leaves much) goes back to the system
+            result["model_rss_trimmed_mib"] = _memory_mib("VmRSS") - before
             if profile:
                 result["profile"] = _profile(model, generate)
             print("BENCH " + json.dumps(result), flush=True)

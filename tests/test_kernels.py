@@ -412,3 +412,28 @@ def test_file_rows_embedding_compiles_in_one_graph(tmp_path):
         compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
         assert torch.equal(compiled(x).logits, expected)
     torch._dynamo.reset()
+
+
+def test_decode_attention_equals_sdpa():
+    """``compile_decoding``'s attention for CPU: for one query token, plain matmuls and a float32 softmax equal
+    transformers' SDPA attention (grouped keys/values, a mask hiding some positions, or none); other calls are
+    SDPA's own."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from bitnet_hf.generation import DECODE_ATTENTION, decode_attention
+
+    g = torch.Generator().manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 4, True
+    key, value = torch.randn(2, 2, 10, 16, generator=g), torch.randn(2, 2, 10, 16, generator=g)
+    mask = torch.rand(2, 1, 1, 10, generator=g) > 0.3
+    mask[..., 0] = True
+    for q_len, m in [(1, mask), (1, None), (3, mask.expand(2, 1, 3, 10))]:
+        query = torch.randn(2, 8, q_len, 16, generator=g)
+        ours, _ = decode_attention(module, query, key, value, m, scaling=0.25)
+        expected, _ = sdpa_attention_forward(module, query, key, value, m, scaling=0.25)
+        assert ours.shape == expected.shape == (2, q_len, 8, 16)
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    model = tiny_model("qwen3")
+    compile_decoding(model)
+    assert model.config._attn_implementation == DECODE_ATTENTION
