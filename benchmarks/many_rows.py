@@ -1,16 +1,20 @@
 """The ternary kernel against PyTorch's bf16 ``F.linear`` (oneDNN) as the rows per call grow (prefill, batches).
 
-For SmolLM2-135M's and Qwen3-0.6B's FFN shapes, bf16 activations, 2 threads, median of 5 calls after a warm-up:
-the active packed kernel (``vnni`` here), the ``torch`` path (unpack + bf16 ``F.linear``), and ``F.linear`` on a
-bf16 weight of the same shape (what the full-precision model runs).
+For SmolLM2-135M's and Qwen3-0.6B's FFN shapes, bf16 activations, 2 threads: the active packed kernel (``vnni``
+here; from 128 rows on it multiplies through oneDNN's int8 GEMM), the ``torch`` path (unpack + bf16 ``F.linear``), and
+``F.linear`` on a bf16 weight of the same shape (what the full-precision model runs). The three are timed in turn,
+call by call, 9 times after a warm-up (so a busy machine slows all three alike), and the medians are printed.
 
     python benchmarks/many_rows.py
 """
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
-from decode_breakdown import packed, timed  # the folder of a script run as a file is on sys.path
+from decode_breakdown import packed  # the folder of a script run as a file is on sys.path
 
 from bitnet_hf.models.kernels import cpu_kernel, ternary_linear
 
@@ -26,9 +30,17 @@ def main() -> None:
             dense = torch.randn(out_features, in_features).bfloat16()
             for rows in (1, 32, 128, 256, 2048):
                 x = torch.randn(rows, in_features).bfloat16()
-                ternary = timed(lambda: ternary_linear(x, [layer], kernel), repeats=5, warmup=1)
-                unpack = timed(lambda: layer.reference_forward(x), repeats=5, warmup=1)
-                bf16 = timed(lambda: torch.nn.functional.linear(x, dense), repeats=5, warmup=1)
+                steps = {"ternary": lambda: ternary_linear(x, [layer], kernel),
+                         "unpack": lambda: layer.reference_forward(x),
+                         "bf16": lambda: torch.nn.functional.linear(x, dense)}
+                times: dict[str, list[float]] = {name: [] for name in steps}
+                for round_ in range(10):
+                    for name, step in steps.items():
+                        start = time.perf_counter()
+                        step()
+                        if round_:  # the first round warms up
+                            times[name].append(1000 * (time.perf_counter() - start))
+                ternary, unpack, bf16 = (statistics.median(times[name]) for name in steps)
                 print(f"| {in_features} x {out_features} | {rows} | {ternary:.2f} | {unpack:.2f} | {bf16:.2f} "
                       f"| {ternary / bf16:.2f} |")
 

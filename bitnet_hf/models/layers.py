@@ -351,7 +351,7 @@ class FileRowsEmbedding(nn.Embedding):
     """An embedding whose matrix stays in the checkpoint's safetensors file: without gradients, a lookup reads only
     its rows, with ``pread``. Set up by ``from_pretrained`` with a quantized head (``bitnet_lm_head``), where the
     matrix is only looked up: that keeps the process's memory to the rows read, where reading through the file's
-    memory map would keep a large folio of the page cache (about 1 MB here) per row looked up.
+    memory map would keep a large folio of the page cache (about 1.5 MB here) per row looked up.
 
     ``weight`` is still the stored matrix (memory-mapped), for gradients and ``save_pretrained``.
     """
