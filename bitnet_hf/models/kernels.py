@@ -240,22 +240,18 @@ inline void ternary_dots(int isa, int64_t nt, const uint8_t* w, int64_t K, const
 template <typename T>
 void store(T* out, float v) { *out = static_cast<T>(v); }
 
-// `rows` packed rows (K bytes each) as the int8 ternary values of one of their 2-bit fields (`shift` 0, 2, 4, 6):
-// each byte holds w + 1 of 4 output rows.
+// One packed row (K bytes) as the int8 ternary values of one of its 2-bit fields (`shift` 0, 2, 4, 6): each byte
+// holds w + 1 of 4 output rows.
 __attribute__((target("avx2")))
-void unpack_field(const uint8_t* w, int64_t rows, int64_t K, int shift, int8_t* out) {
+void unpack_field(const uint8_t* src, int64_t K, int shift, int8_t* dst) {
   const __m256i mask2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
   const __m128i count = _mm_cvtsi32_si128(shift);
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t* src = w + r * K;
-    int8_t* dst = out + r * K;
-    int64_t k = 0;
-    for (; k + 32 <= K; k += 32) {
-      const __m256i v = _mm256_srl_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k)), count);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm256_sub_epi8(_mm256_and_si256(v, mask2), one));
-    }
-    for (; k < K; ++k) dst[k] = static_cast<int8_t>(((src[k] >> shift) & 3) - 1);
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    const __m256i v = _mm256_srl_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k)), count);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm256_sub_epi8(_mm256_and_si256(v, mask2), one));
   }
+  for (; k < K; ++k) dst[k] = static_cast<int8_t>(((src[k] >> shift) & 3) - 1);
 }
 
 // y[m, n] = float(sum_k xq[m, k] * wq[n, k]) * ((absmax[m] / 127) * scale) (+ bias[n]), for each weight of
@@ -288,12 +284,15 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
     // Many rows (prefill, batches): oneDNN's int8 GEMM (at::_int_mm) on the weight unpacked to int8, a chunk of
     // packed rows [r0, r1) at a time: the same integer dot products, so the same outputs bit for bit. The chunk's
     // output rows are its 2-bit fields' segments [j R + r0, j R + r1) (those < N), unpacked one after the other.
-    // The workspaces are reused between calls: fresh ones would cost a page fault per 4 KB at every call.
+    // The workspaces (at most 4 MB each) are reused between calls: fresh ones would cost a page fault per 4 KB at
+    // every call.
     thread_local std::vector<int8_t> unpacked;
     thread_local std::vector<int32_t> dots;
     for (size_t i = 0; i < n; ++i) {
       const int64_t N = out_features[i], R = weights[i].size(0);
-      const int64_t chunk = std::min(R, std::max<int64_t>(1, kUnpackedChunkBytes / (4 * K)));
+      // packed rows a chunk: at most kUnpackedChunkBytes of int8 weights, and of int32 dots for kTokenChunk rows
+      const int64_t chunk = std::min({R, std::max<int64_t>(1, kUnpackedChunkBytes / (4 * K)),
+                                      kUnpackedChunkBytes / (16 * kTokenChunk)});
       unpacked.resize(4 * chunk * K);
       dots.resize(kTokenChunk * 4 * chunk);
       int8_t* const wbuf = unpacked.data();  // thread_local names would mean the worker threads' own copies
@@ -311,7 +310,7 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
           for (int64_t t = begin; t < end; ++t) {  // t = j * (r1 - r0) + (r - r0)
             const int64_t j = t / (r1 - r0), r = t % (r1 - r0);
             if (segment[j] + r < segment[j + 1])
-              unpack_field(w + r * K, 1, K, 2 * static_cast<int>(j), wbuf + (segment[j] + r) * K);
+              unpack_field(w + r * K, K, 2 * static_cast<int>(j), wbuf + (segment[j] + r) * K);
           }
         });
         const at::Tensor wq = at::from_blob(wbuf, {cols, K}, xq_rows.options());
