@@ -132,7 +132,8 @@ def test_training_checkpoint_round_trips_exactly(family, tmp_path):
 
 def test_checkpoints_load_as_remote_code_without_the_plugin(tmp_path):
     """Training and deployment checkpoints of every family load with trust_remote_code in a process where
-    bitnet_hf cannot be imported, and give the same logits."""
+    bitnet_hf cannot be imported, and give the same logits; packed ones with a quantized head read their embedding
+    rows from the file there too."""
     x = tokens()
     cases = {}
     for family in FAMILIES:
@@ -162,6 +163,13 @@ def test_checkpoints_load_as_remote_code_without_the_plugin(tmp_path):
             with torch.no_grad():
                 same = torch.equal(model(x).logits, torch.load(path + "/expected.pt"))
             result[path] = [type(model).__name__, type(model).__module__.startswith("transformers_modules"), same]
+            if path.endswith("-packed"):  # a quantized head: the embedding reads its rows from the file
+                quantized = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32,
+                                                                 bitnet_lm_head="int8").eval()
+                embedding = quantized.get_input_embeddings()
+                with torch.no_grad():
+                    same_rows = torch.equal(embedding(x), model.get_input_embeddings()(x))
+                result[path].append(type(embedding).__name__.startswith("FileRows") and same_rows)
         print(json.dumps(result))
     """)
     env = {**os.environ, "PYTHONPATH": str(blocker), "HF_HUB_OFFLINE": "1"}
@@ -169,7 +177,7 @@ def test_checkpoints_load_as_remote_code_without_the_plugin(tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {path: [name, True, True] for path, name in cases.items()}
+    assert result == {path: [name, True, True] + [True] * path.endswith("-packed") for path, name in cases.items()}
 
 
 def test_conversion_errors_name_the_problem():
