@@ -11,7 +11,7 @@ Kernels (``BITNET_HF_KERNEL`` forces one; ``auto``, the default, takes the first
 
   Both are matrix-vector loops, best for decoding (one to a few rows of ``x``). From 128 rows on (prefill,
   batches) they instead unpack the weight to int8 a 4 MB chunk at a time and multiply with oneDNN's int8 GEMM
-  (``torch._int_mm``), which reuses each weight load across many rows: 0.6-0.9x the time of bf16 ``F.linear`` at
+  (``torch._int_mm``), which reuses each weight load across many rows: 0.6-1.06x the time of bf16 ``F.linear`` at
   128-2048 rows here (``benchmarks/many_rows.py``).
 * ``int4pack``: no compiler needed: the ternary weights stored exactly as int4 (2x the packed size) through
   PyTorch's ``_weight_int4pack_mm_for_cpu``, fed the dequantized int8 activations.
