@@ -54,6 +54,15 @@ def random_layer(in_features: int, out_features: int, bias: bool, dtype: torch.d
     return layer, q
 
 
+def packed_checkpoint(tmp_path, family: str = "qwen3"):  # noqa: ANN001 - pytest's tmp_path
+    """A tiny packed model of ``family`` saved at ``tmp_path / "packed"`` (returned)."""
+    from bitnet_hf import save_checkpoint
+
+    path = tmp_path / "packed"
+    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model(family)).eval()), path)
+    return path
+
+
 def integer_reference(layer: PackedBitLinear, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     xq, absmax = quantize_activations(x)
     dot = xq.double() @ q.double().T  # exact: integers far below 2**53
@@ -281,9 +290,9 @@ def test_quantized_lm_head_option(mode, tolerance, tmp_path):
     from bitnet_hf import save_checkpoint
     from bitnet_hf.models.layers import QuantizedLMHead
 
-    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval()), tmp_path / "packed")
-    full = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").eval()
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head=mode).eval()
+    path = packed_checkpoint(tmp_path)
+    full = AutoModelForCausalLM.from_pretrained(path).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head=mode).eval()
     assert type(full.lm_head) is torch.nn.Linear and isinstance(model.lm_head, QuantizedLMHead)
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied: one matrix in memory and file
     x = tokens(batch=2, length=7)
@@ -293,10 +302,9 @@ def test_quantized_lm_head_option(mode, tolerance, tmp_path):
         assert model.generate(x, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (2, 10)
     assert torch.equal(model(x).logits, full(x).logits)  # with gradients on: the stored weight, exactly
     save_checkpoint(model, tmp_path / "again")
-    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (tmp_path / "packed" / "model.safetensors"
-                                                                       ).read_bytes()
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (path / "model.safetensors").read_bytes()
     with pytest.raises(ValueError, match="bitnet_lm_head"):
-        AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int2")
+        AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head="int2")
 
 
 def test_int4_head_packed_in_blocks_equals_packing_the_whole_matrix():
@@ -330,21 +338,19 @@ def test_quantized_head_leaves_the_embedding_in_the_file(tmp_path):
     quantized copy exists from load; the model computes the same; saving, even over the mapped file, is exact."""
     from transformers import AutoModelForCausalLM
 
-    from bitnet_hf import save_checkpoint
-
-    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval()), tmp_path / "packed")
-    original = (tmp_path / "packed" / "model.safetensors").read_bytes()
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int8").eval()
+    path = packed_checkpoint(tmp_path)
+    original = (path / "model.safetensors").read_bytes()
+    model = AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head="int8").eval()
     embedding = model.model.embed_tokens.weight
     assert model.lm_head.weight is embedding and model.lm_head._quantized is not None
-    assert _mapped_file(embedding) == str((tmp_path / "packed" / "model.safetensors").resolve())
-    lazy = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").eval()  # full head: nothing mapped by us
+    assert _mapped_file(embedding) == str((path / "model.safetensors").resolve())
+    lazy = AutoModelForCausalLM.from_pretrained(path).eval()  # full head: nothing mapped by us
     assert not getattr(lazy, "_bitnet_mapped", [])
     x = tokens(batch=2, length=7)
     with torch.no_grad():
         expected = model(x).logits
-    model.save_pretrained(tmp_path / "packed")  # over the very file the embedding was mapped from
-    assert (tmp_path / "packed" / "model.safetensors").read_bytes() == original
+    model.save_pretrained(path)  # over the very file the embedding was mapped from
+    assert (path / "model.safetensors").read_bytes() == original
     assert _mapped_file(model.model.embed_tokens.weight) is None  # copied into RAM before the save
     with torch.no_grad():
         assert torch.equal(model(x).logits, expected)
@@ -357,12 +363,11 @@ def test_quantized_head_reads_embedding_rows_from_the_file(family, tmp_path, mon
     (Gemma 3's scaling) on top; the usual error for an index out of range; gradients and saving as before."""
     from transformers import AutoModelForCausalLM
 
-    from bitnet_hf import save_checkpoint
     from bitnet_hf.models.layers import FileRowsEmbedding
 
-    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model(family)).eval()), tmp_path / "packed")
-    in_ram = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").eval().get_input_embeddings()
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int8").eval()
+    path = packed_checkpoint(tmp_path, family)
+    in_ram = AutoModelForCausalLM.from_pretrained(path).eval().get_input_embeddings()
+    model = AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head="int8").eval()
     embedding = model.get_input_embeddings()
     assert isinstance(embedding, FileRowsEmbedding) and isinstance(embedding, type(in_ram))
     x = tokens(batch=2, length=7)
@@ -384,11 +389,9 @@ def test_embedding_rows_from_a_replaced_file_are_an_error(tmp_path):
     """A checkpoint file replaced after loading (a new file under the same name) is never read as the model's."""
     from transformers import AutoModelForCausalLM
 
-    from bitnet_hf import save_checkpoint
-
-    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval()), tmp_path / "packed")
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int8").eval()
-    file = tmp_path / "packed" / "model.safetensors"
+    path = packed_checkpoint(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head="int8").eval()
+    file = path / "model.safetensors"
     copy = tmp_path / "copy.safetensors"
     copy.write_bytes(file.read_bytes())
     copy.replace(file)
@@ -401,10 +404,8 @@ def test_file_rows_embedding_compiles_in_one_graph(tmp_path):
     and computes what it computes eagerly."""
     from transformers import AutoModelForCausalLM
 
-    from bitnet_hf import save_checkpoint
-
-    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model("qwen3")).eval()), tmp_path / "packed")
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed", bitnet_lm_head="int8").eval()
+    path = packed_checkpoint(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head="int8").eval()
     x = tokens(batch=2, length=7)
     torch._dynamo.reset()
     with torch.no_grad(), kernel("torch"):

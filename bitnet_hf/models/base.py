@@ -125,7 +125,8 @@ class BitNetModelMixin:
         if isinstance(head, QuantizedLMHead) and head.weight.device.type == "cpu":
             options = {k: kwargs[k] for k in ("subfolder", "revision", "cache_dir") if kwargs.get(k) is not None}
             files = _safetensors_files(str(pretrained_model_name_or_path), options)
-            parameters = [model.get_input_embeddings().weight, head.weight]
+            embedding = model.get_input_embeddings()
+            parameters = [embedding.weight, head.weight]
             # The quantized copy reads the whole matrix through a first mapping, released right after, so that none
             # of the pages it read stays resident; the parameters then point at a second, untouched one.
             head.prepare(head.weight.dtype, _file_views(model, parameters, files).get(id(head.weight), (None,))[0])
@@ -136,7 +137,6 @@ class BitNetModelMixin:
                     view, file = views.pop(id(parameter))
                     parameter.data = view
                     model._bitnet_mapped.append(parameter)
-                    embedding = model.get_input_embeddings()
                     if parameter is embedding.weight and isinstance(embedding, nn.Embedding):
                         FileRowsEmbedding.attach(embedding, file, view.storage_offset() * view.element_size())
             _return_free_memory()

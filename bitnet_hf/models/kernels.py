@@ -341,8 +341,8 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
   const int64_t total_rows = first_row[n];
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K * M / 64));
   const int64_t tokens = isa == kVnni ? 4 : 2;
-  // Many rows (prefill, batches): tokens in blocks of kTokenBlock, so that a block's activations stay in L2 while
-  // the thread's weight rows stream past them once per block (instead of all M tokens per weight row).
+  // Below kIntMmRows rows, more than kTokenBlock of them (short prompts, small batches): tokens in blocks, so that a
+  // block's activations stay in L2 while the thread's weight rows stream past them once per block.
   constexpr int64_t kTokenBlock = 64;
   at::parallel_for(0, total_rows, grain, [&](int64_t begin, int64_t end) {
     int32_t dots[16];
