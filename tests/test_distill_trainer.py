@@ -71,6 +71,8 @@ def test_config_defaults_presets_and_parsing(tmp_path):
     (dict(relation_kind="dot"), "relation_kind='dot'"),
     (dict(qkv_weights=[1.0, 1.0]), "three weights"),
     (dict(loss_tokens="prompt"), "loss_tokens='prompt'"),
+    (dict(logits_distill_tokens="prompt"), "logits_distill_tokens='prompt'"),
+    (dict(quantization_warmup_steps=-1), "quantization_warmup_steps=-1 must be >= 0"),
 ])
 def test_config_rejects_bad_values(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
@@ -108,6 +110,52 @@ def test_loss_is_ce_plus_weighted_terms_computed_by_hand(tmp_path):
     want = ce + 10 * ld + 1e5 * ad
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert ld.item() > 0 and ad.item() > 0
+
+
+def test_logits_kd_over_all_real_tokens(tmp_path):
+    """``logits_distill_tokens="all"``: CE still counts the answers, logits KD every real token followed by a real
+    one (the prompt included), divided by their count."""
+    student, teacher = pair()
+    args = config(tmp_path, attention_distill_weight=0.0, logits_distill_tokens="all")
+    trainer = BitDistillTrainer(model=student, teacher_model=teacher, args=args,
+                                train_dataset=token_dataset(completion=True))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert not batch["attention_mask"].all()  # right padding is in the batch
+    loss = trainer.compute_loss(student, batch)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        s_logits, t_logits = student(**inputs).logits[:, :-1], teacher(**inputs).logits[:, :-1]
+    target = batch["labels"][:, 1:]
+    counted = target.ne(-100)
+    real = batch["attention_mask"].bool()
+    every = real[:, :-1] & real[:, 1:]
+    assert every.sum() > 2 * counted.sum()
+    ce = torch.nn.functional.cross_entropy(s_logits[counted], target[counted])
+    per_token = [logits_distillation(s_logits[b, t], t_logits[b, t], temperature=5.0).item()
+                 for b, t in every.nonzero().tolist()]
+    want = ce.item() + 10 * sum(per_token) / len(per_token)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_quantization_warmup_follows_the_step(tmp_path):
+    """The quantizers are blended in linearly over ``quantization_warmup_steps`` and are fully on after training."""
+    from transformers import TrainerCallback
+
+    from bitnet_hf import BitLinear
+
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen.append({m.quantization_strength for m in model.modules() if isinstance(m, BitLinear)})
+
+    student = convert_to_bitnet(tiny_model("llama"))
+    trainer = BitDistillTrainer(model=student, args=config(tmp_path, max_steps=6, quantization_warmup_steps=4,
+                                                            logits_distill_weight=0.0, attention_distill_weight=0.0),
+                                train_dataset=token_dataset(n=24), callbacks=[Probe()])
+    trainer.train()
+    assert seen == [{0.0}, {0.25}, {0.5}, {0.75}, {1.0}, {1.0}]
+    assert {m.quantization_strength for m in student.modules() if isinstance(m, BitLinear)} == {1.0}
 
 
 def test_each_term_is_logged(tmp_path):

@@ -79,3 +79,19 @@ def test_pack_rejects_non_ternary():
         pack_ternary(torch.tensor([[2, 0]]))
     with pytest.raises(ValueError, match="2-D"):
         pack_ternary(torch.zeros(3, dtype=torch.int8))
+
+
+def test_quantization_strength_blends_latent_and_quantized():
+    """Warm-up strength s: ``x + s (q(x) - x)``; 0 is the identity, 1 exactly the quantizer; gradients pass through."""
+    from bitnet_hf.models.quantization import dequantize_activations, dequantize_weights
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 32, generator=g).requires_grad_()
+    x = torch.randn(3, 32, generator=g)
+    assert torch.equal(fake_quantize_weights(w, 0.0), w)
+    assert torch.equal(fake_quantize_weights(w, 1.0), dequantize_weights(w))
+    half = fake_quantize_weights(w, 0.5)
+    assert torch.allclose(half, (w + dequantize_weights(w)) / 2, atol=1e-6)
+    half.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+    assert torch.allclose(fake_quantize_activations(x, 0.25), x + 0.25 * (dequantize_activations(x) - x), atol=1e-6)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_pack import bf16_reference
+from tiny import kernel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bitnet_hf import convert_to_bitnet, pack_bitnet, save_checkpoint
@@ -15,8 +17,6 @@ from bitnet_hf.convert import size_report
 from bitnet_hf.models import kernels
 from bitnet_hf.models.layers import PackedBitLinear
 from bitnet_hf.models.quantization import quantize_activations, unpack_ternary
-from test_pack import bf16_reference
-from tiny import kernel
 
 pytestmark = [
     pytest.mark.slow,

@@ -11,6 +11,7 @@ from .losses import RELATION_KINDS
 # The paper's weights (lambda for logits KD, gamma for attention-relation KD) per kind of task.
 PRESETS: dict[str, tuple[float, float]] = {"classification": (10.0, 1e5), "summarization": (1.0, 1e3)}
 LOSS_TOKENS = ("all", "completion")
+LOGITS_DISTILL_TOKENS = ("loss", "all")
 
 
 @dataclass(kw_only=True)
@@ -37,7 +38,12 @@ class BitDistillConfig(TrainingArguments):
         loss_tokens: the tokens CE and logits KD count: ``"all"`` real (non-padding) tokens, or ``"completion"``
             tokens only (prompt/completion data). Default: ``"completion"`` when the dataset has a completion mask,
             else ``"all"``. The relation KD always spans all real tokens, prompt included.
+        logits_distill_tokens: the tokens logits KD counts: ``"loss"``, the ones CE counts (``loss_tokens``), or
+            ``"all"`` real tokens, prompt included (the authors' code: dozens of soft targets per classification
+            example instead of the answer's two).
         max_length: examples given as ``prompt``/``completion`` text are tokenized and cut to this many tokens.
+        quantization_warmup_steps: optimizer steps over which the BitNet quantizers are blended in, from full
+            precision to ternary (``bitnet_hf.warmup``); 0 (default): ternary from the first step.
     """
 
     distill_preset: str | None = field(default=None, metadata={
@@ -58,7 +64,12 @@ class BitDistillConfig(TrainingArguments):
     loss_tokens: str | None = field(default=None, metadata={
         "help": "tokens CE and logits KD count: all or completion (default: completion for prompt/completion data)",
         "choices": list(LOSS_TOKENS)})
+    logits_distill_tokens: str = field(default="loss", metadata={
+        "help": "tokens logits KD counts: loss (the CE tokens) or all real tokens, prompt included",
+        "choices": list(LOGITS_DISTILL_TOKENS)})
     max_length: int = field(default=512, metadata={"help": "tokens per example when the trainer tokenizes text"})
+    quantization_warmup_steps: int = field(default=0, metadata={
+        "help": "steps over which the quantizers are blended in from full precision (0: ternary from the start)"})
     # Evaluation reports the loss and its terms; gathering every eval logit (the Trainer's default) costs
     # batch x length x vocab floats per step for nothing here.
     prediction_loss_only: bool = field(default=True, metadata={"help": "evaluate the loss only, keep no logits"})
@@ -88,6 +99,11 @@ class BitDistillConfig(TrainingArguments):
             raise ValueError(f"qkv_weights={self.qkv_weights} must be three weights >= 0 (Q, K, V)")
         if self.loss_tokens is not None and self.loss_tokens not in LOSS_TOKENS:
             raise ValueError(f"loss_tokens={self.loss_tokens!r} is not one of {LOSS_TOKENS}")
+        if self.logits_distill_tokens not in LOGITS_DISTILL_TOKENS:
+            raise ValueError(f"logits_distill_tokens={self.logits_distill_tokens!r} is not one of "
+                             f"{LOGITS_DISTILL_TOKENS}")
+        if self.quantization_warmup_steps < 0:
+            raise ValueError(f"quantization_warmup_steps={self.quantization_warmup_steps} must be >= 0")
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length} must be >= 2")
         super().__post_init__()

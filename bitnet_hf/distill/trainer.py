@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from ..data import CompletionCollator, tokenize_prompt_completion
 from ..models.layers import BitLinear, PackedBitLinear
+from ..warmup import QuantizationWarmup
 from .capture import QKVCapture, projection_widths, resolve_layer
 from .config import BitDistillConfig
 from .losses import attention_relation_distillation, logits_distillation
@@ -29,10 +30,12 @@ TERMS = ("ce", "logits_kd", "attention_kd")
 
 class TokenCounts(NamedTuple):
     """Tokens of a whole optimizer step (all accumulated micro-batches, all processes when averaging across them):
-    ``labels``, the tokens CE and logits KD count; ``rows``, the real tokens the relation KD counts."""
+    ``labels``, the tokens CE counts; ``rows``, the real tokens the relation KD counts; ``next``, the real tokens
+    followed by a real token (logits KD over ``"all"`` tokens)."""
 
     labels: torch.Tensor
     rows: torch.Tensor
+    next: torch.Tensor
 
 
 class BitDistillTrainer(Trainer):
@@ -98,6 +101,8 @@ class BitDistillTrainer(Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
 
+        if args.quantization_warmup_steps > 0:
+            self.add_callback(QuantizationWarmup(args.quantization_warmup_steps))
         self.teacher = None
         self._captures: tuple[QKVCapture, QKVCapture] | None = None
         if teacher_model is not None:
@@ -186,13 +191,14 @@ class BitDistillTrainer(Trainer):
 
     def _count(self, batches: list[dict[str, torch.Tensor]], device: torch.device,
                across_processes: bool) -> TokenCounts:
-        counts = torch.zeros(2, dtype=torch.long, device=device)
+        counts = torch.zeros(3, dtype=torch.long, device=device)
         for batch in batches:
             counts[0] += batch["labels"][:, 1:].ne(-100).sum().to(device)
             counts[1] += batch["attention_mask"].sum().to(device)
+            counts[2] += _followed_by_real(batch["attention_mask"]).sum().to(device)
         if across_processes and self.args.average_tokens_across_devices and self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
-        return TokenCounts(counts[0].clamp(min=1), counts[1].clamp(min=1))
+        return TokenCounts(*counts.clamp(min=1))
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
@@ -218,9 +224,10 @@ class BitDistillTrainer(Trainer):
             with torch.no_grad(), teacher_capture:
                 teacher_logits = self.teacher(**model_inputs).logits[:, :-1]
             if args.logits_distill_weight > 0:
-                terms["logits_kd"] = logits_distillation(logits, teacher_logits, counted,
-                                                         temperature=args.distill_temperature,
-                                                         normalizer=counts.labels)
+                every = args.logits_distill_tokens == "all"
+                terms["logits_kd"] = logits_distillation(
+                    logits, teacher_logits, _followed_by_real(attention_mask) if every else counted,
+                    temperature=args.distill_temperature, normalizer=counts.next if every else counts.labels)
             if self._captures:
                 terms["attention_kd"] = attention_relation_distillation(
                     self._captures[0].pop(), self._captures[1].pop(), attention_mask.bool(),
@@ -269,6 +276,12 @@ class BitDistillTrainer(Trainer):
             sums.clear()
             self._term_batches[mode] = 0
         super().log(logs, start_time)
+
+
+def _followed_by_real(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions ``0..T-2`` whose token and next token are real: where a next-token distribution is defined."""
+    real = attention_mask.bool()
+    return real[:, :-1] & real[:, 1:]
 
 
 def _pad_token_id(model: nn.Module, tokenizer: PreTrainedTokenizerBase | None) -> int:

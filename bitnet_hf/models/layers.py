@@ -56,7 +56,13 @@ class BitLinear(nn.Linear):
     The forward is ``F.linear(Q_act(SubLN(x)), Q_w(W)) + b`` with straight-through gradients. ``quantize=False``
     skips both quantizers (the layer is then exactly ``nn.Linear`` after the optional SubLN), for checks.
     It stays an ``nn.Linear`` so PEFT, accelerate and ``_init_weights`` treat it as one.
+
+    ``quantization_strength`` (not saved; 1 by default, the deployed model's forward) blends both quantizers with
+    their inputs, ``x + strength * (q(x) - x)``: a quantization warm-up raises it from 0 to 1 during training
+    (``bitnet_hf.warmup``).
     """
+
+    quantization_strength: float = 1.0
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, *, sub_norm_eps: float | None = None, quantize: bool = True) -> None:
@@ -80,7 +86,8 @@ class BitLinear(nn.Linear):
             x = self.sub_norm(x)
         if not self.quantize:
             return F.linear(x, self.weight, self.bias)
-        return F.linear(fake_quantize_activations(x), fake_quantize_weights(self.weight), self.bias)
+        strength = self.quantization_strength
+        return F.linear(fake_quantize_activations(x, strength), fake_quantize_weights(self.weight, strength), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, quantize={self.quantize}"

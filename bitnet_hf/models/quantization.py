@@ -70,14 +70,23 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-def fake_quantize_weights(weight: torch.Tensor) -> torch.Tensor:
-    """``Wq * s`` in the weight's dtype, with straight-through gradients."""
-    return _StraightThrough.apply(weight, dequantize_weights)
+def _partly(x: torch.Tensor, dequantize: Callable[[torch.Tensor], torch.Tensor], strength: float) -> torch.Tensor:
+    """``x + strength * (q(x) - x)`` with straight-through gradients; exactly ``q(x)`` at strength 1."""
+    if strength >= 1.0:
+        return _StraightThrough.apply(x, dequantize)
+    detached = x.detach()
+    return x + strength * (dequantize(detached) - detached)
 
 
-def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
-    """``xq * g / 127`` in the input's dtype, with straight-through gradients."""
-    return _StraightThrough.apply(x, dequantize_activations)
+def fake_quantize_weights(weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """``Wq * s`` in the weight's dtype, with straight-through gradients; ``strength`` < 1 blends it with the
+    latent weight, ``W + strength * (Wq * s - W)`` (the quantization warm-up)."""
+    return _partly(weight, dequantize_weights, strength)
+
+
+def fake_quantize_activations(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """``xq * g / 127`` in the input's dtype, with straight-through gradients; ``strength`` as for the weights."""
+    return _partly(x, dequantize_activations, strength)
 
 
 def pack_ternary(q: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,51 @@
+"""Quantization warm-up: the BitNet quantizers are blended in over the first steps of a training stage.
+
+A converted model is far from its full-precision self the moment both quantizers are on (SmolLM2-135M: held-out LM
+loss 3.96 -> 18.4). The warm-up trains it instead through ``x + strength * (q(x) - x)`` for weights and activations,
+``strength`` rising linearly from 0 to 1 over ``steps`` optimizer steps, then exactly the BitNet forward (the
+deployed model's) for the rest of the stage. The strength follows ``state.global_step``, so a resumed run continues
+where it stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .models.layers import BitLinear
+
+
+def set_quantization_strength(model: nn.Module, strength: float) -> int:
+    """Set every ``BitLinear``'s quantization strength (0: full precision, 1: BitNet); returns how many."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"quantization strength {strength} must be within [0, 1]")
+    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
+    for layer in layers:
+        layer.quantization_strength = strength
+    return len(layers)
+
+
+def warmup_strength(step: int, steps: int) -> float:
+    """Linear ramp: ``step / steps``, 1 from ``steps`` on (and always 1 when ``steps`` is 0)."""
+    return 1.0 if steps <= 0 else min(1.0, step / steps)
+
+
+class QuantizationWarmup(TrainerCallback):
+    """Raise the quantization strength of the trained model's ``BitLinear`` layers from 0 to 1 over ``steps``."""
+
+    def __init__(self, steps: int) -> None:
+        if steps < 0:
+            raise ValueError(f"quantization warm-up steps={steps} must be >= 0")
+        self.steps = steps
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                      model: nn.Module | None = None, **kwargs: Any) -> None:
+        if model is not None:
+            set_quantization_strength(model, warmup_strength(state.global_step, self.steps))
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     model: nn.Module | None = None, **kwargs: Any) -> None:
+        if model is not None:  # whatever happened, the saved and evaluated model is the BitNet one
+            set_quantization_strength(model, 1.0)
