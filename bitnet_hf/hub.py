@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData,
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import PreTrainedModel
 from transformers.dynamic_module_utils import get_relative_import_files
+
+from .distill.config import DistillOptions
 
 # What the BitDistill pipeline records beside a model: {"base_model": Hub id, "license": the base model's license,
 # "task": str, "teacher": str, "stages": [{"name": str, "hyperparameters": {name: value}}], "results": rows}.
@@ -38,12 +41,12 @@ GENERATED_MARKER = "bitnet-hf model card"
 TAGS = ("bitnet", "1.58-bit", "bitdistill", "ternary")
 NO_TOKEN = "no Hugging Face token: run `hf auth login` or set HF_TOKEN, or pass --token (token= from Python)"
 
-# Training arguments worth a row in the card, in this order (TrainingArguments and BitDistillConfig names).
+# Training arguments worth a row in the card, in this order (TrainingArguments, DistillOptions and BitDistillConfig
+# names).
 _TRAINING_KEYS = (
     "learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm",
     "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "fp16",
-    "seed", "distill_preset", "logits_distill_weight", "attention_distill_weight", "distill_temperature",
-    "attention_distill_layer", "relation_heads", "relation_kind", "qkv_weights", "loss_tokens", "max_length",
+    "seed", *(f.name for f in fields(DistillOptions)), "loss_tokens", "max_length",
 )
 _CONFIG_FILES = ("config.json", "generation_config.json")
 _TOKENIZER_FILES = (

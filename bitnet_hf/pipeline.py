@@ -26,7 +26,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
 from .data import load_text_dataset, require_columns
 from .distill import BitDistillConfig, BitDistillTrainer
+from .distill.config import DistillOptions
 from .evaluation import decode_speed, evaluate_model
 from .hub import RECIPE_FILE
 from .pretrain import continue_pretraining
@@ -50,13 +51,20 @@ STAGES = ("teacher", "bitnet_sft", "convert", "pretrain", "distill", "evaluate")
 
 @dataclass(frozen=True)
 class Row:
-    """One model of the table: how its BitNet student is made (``None`` fields: the FP16-SFT row)."""
+    """One model of the table: how its BitNet student is made (``None`` fields: the FP16-SFT row). ``options``
+    override the run's ``DistillOptions`` for this row's fine-tuning (the levers of the ablation rows)."""
 
     label: str
     subln: str | None = "paper"
     pretrain: bool = True
     logits: bool = True
     attention: bool = True
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = {name for name, _ in self.options} - {f.name for f in fields(DistillOptions)}
+        if unknown:
+            raise ValueError(f"row {self.label!r}: {sorted(unknown)} are not DistillOptions fields")
 
     @property
     def fp(self) -> bool:
@@ -75,12 +83,18 @@ ROWS: dict[str, Row] = {
     "no_pretrain": Row("BitDistill w/o continued pre-training", pretrain=False),
     "logits_only": Row("BitDistill, logits KD only", attention=False),
     "attention_only": Row("BitDistill, attention KD only", logits=False),
+    # The levers of the recovery issue, each alone on top of the paper's recipe.
+    "warmup": Row("BitDistill + quantization warm-up", options=(("quantization_warmup_steps", 2 / 3),)),
+    "kd_all_tokens": Row("BitDistill + logits KD on all tokens", options=(("logits_distill_tokens", "all"),)),
+    "cosine": Row("BitDistill, cosine relations (authors' code)", options=(("relation_kind", "cosine"),)),
 }
 
 
 @dataclass
-class PipelineArguments:
-    """``bitnet-hf pipeline``: every option, with defaults sized for a small model on a CPU."""
+class PipelineArguments(DistillOptions):
+    """``bitnet-hf pipeline``: every option, with defaults sized for a small model on a CPU. The distillation
+    options are ``DistillOptions``' own (same names and defaults as ``BitDistillConfig``); the weights default to
+    the task kind's preset."""
 
     base: str = field(metadata={"help": "full-precision checkpoint folder (Qwen3 / Qwen2 / Llama / Gemma 3)"})
     task: str = field(metadata={"help": "task name: sst2, mnli, qnli, cnndm, or a registered one"})
@@ -111,14 +125,6 @@ class PipelineArguments:
     pretrain_batch_size: int = field(default=8, metadata={"help": "blocks per pre-training step"})
     pretrain_learning_rate: float = field(default=2e-4, metadata={"help": "learning rate of continued pre-training"})
     calibration_samples: int = field(default=32, metadata={"help": "task prompts that calibrate the SubLN gains"})
-    logits_distill_weight: float | None = field(default=None, metadata={
-        "help": "lambda (default: the task kind's preset, 10 classification / 1 summarization)"})
-    attention_distill_weight: float | None = field(default=None, metadata={
-        "help": "gamma (default: the task kind's preset, 1e5 classification / 1e3 summarization)"})
-    distill_temperature: float = field(default=5.0, metadata={"help": "temperature of the logits KD"})
-    relation_kind: str = field(default="scaled_dot", metadata={"help": "scaled_dot or cosine"})
-    attention_distill_layer: int | None = field(default=None, metadata={"help": "relation KD layer (default: 80%% of the depth)"})
-    relation_heads: int = field(default=32, metadata={"help": "relation heads"})
     bf16: bool = field(default=True, metadata={"help": "train under bf16 autocast (fp32 weights)"})
     eval_batch_size: int = field(default=32, metadata={"help": "examples per evaluation batch"})
     eval_method: str = field(default="score", metadata={"help": "classification: score (label words) or generate"})
@@ -131,7 +137,9 @@ class PipelineArguments:
     license: str | None = field(default=None, metadata={"help": "license of --base (Hub id, e.g. apache-2.0)"})
 
     def __post_init__(self) -> None:
-        get_task(self.task)
+        if self.distill_preset is None:
+            self.distill_preset = get_task(self.task).kind
+        DistillOptions.__post_init__(self)
         bad = [r for r in self.rows if r not in ROWS]
         if bad:
             raise ValueError(f"unknown rows {bad}; choose from {', '.join(ROWS)}")
@@ -260,20 +268,27 @@ class Pipeline:
         if (out / "final" / "config.json").is_file():
             logger.info("%s exists, skipping", out / "final")
             return
-        # Unset weights come from the task kind's preset; a term the row leaves out is 0.
         config = BitDistillConfig(
             max_steps=a.steps, per_device_train_batch_size=a.batch_size, learning_rate=lr,
-            **self._training_arguments(out), distill_preset=self.task.kind,
-            logits_distill_weight=a.logits_distill_weight if row.logits and teacher else 0.0,
-            attention_distill_weight=a.attention_distill_weight if row.attention and teacher else 0.0,
-            distill_temperature=a.distill_temperature, relation_kind=a.relation_kind,
-            attention_distill_layer=a.attention_distill_layer, relation_heads=a.relation_heads,
-            max_length=a.max_length, loss_tokens="completion")
+            **self._training_arguments(out), **self.row_options(row), max_length=a.max_length,
+            loss_tokens="completion")
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         trainer = BitDistillTrainer(model=model, teacher_model=str(teacher) if teacher else None, args=config,
                                     train_dataset=train, processing_class=self.tokenizer)
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
         save_trained_model(trainer, out / "final")
+
+    def row_options(self, row: Row) -> dict[str, Any]:
+        """The ``DistillOptions`` of a row's fine-tuning: the run's, the row's own on top, and 0 for a term the row
+        leaves out. FP16-SFT and BitNet-SFT are plain fine-tuning (both weights 0, no warm-up)."""
+        if not row.distilled:
+            return {"logits_distill_weight": 0.0, "attention_distill_weight": 0.0}
+        options = {**self.args.distill_options(), **dict(row.options)}
+        if not row.logits:
+            options["logits_distill_weight"] = 0.0
+        if not row.attention:
+            options["attention_distill_weight"] = 0.0
+        return options
 
     def _training_arguments(self, out: Path) -> dict[str, Any]:
         """What every training stage shares: schedule, logging, checkpoints (and resuming from the last), precision."""

@@ -9,6 +9,7 @@ where it stopped.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
@@ -33,17 +34,19 @@ def warmup_strength(step: int, steps: int) -> float:
 
 
 class QuantizationWarmup(TrainerCallback):
-    """Raise the quantization strength of the trained model's ``BitLinear`` layers from 0 to 1 over ``steps``."""
+    """Raise the quantization strength of the trained model's ``BitLinear`` layers from 0 to 1 over ``steps``
+    optimizer steps, or over that fraction of the training's steps when ``steps`` is below 1."""
 
-    def __init__(self, steps: int) -> None:
-        if steps < 0:
+    def __init__(self, steps: float) -> None:
+        if not steps >= 0:
             raise ValueError(f"quantization warm-up steps={steps} must be >= 0")
         self.steps = steps
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                       model: nn.Module | None = None, **kwargs: Any) -> None:
         if model is not None:
-            set_quantization_strength(model, warmup_strength(state.global_step, self.steps))
+            steps = self.steps if self.steps >= 1 else math.ceil(self.steps * state.max_steps)
+            set_quantization_strength(model, warmup_strength(state.global_step, int(steps)))
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      model: nn.Module | None = None, **kwargs: Any) -> None:

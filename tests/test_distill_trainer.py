@@ -65,14 +65,15 @@ def test_config_defaults_presets_and_parsing(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     (dict(distill_preset="translation"), "distill_preset='translation'"),
-    (dict(logits_distill_weight=-1.0), "logits_distill_weight=-1.0 must be >= 0"),
+    (dict(logits_distill_weight=-1.0), "logits_distill_weight=-1.0 must be a finite number >= 0"),
+    (dict(attention_distill_weight=float("nan")), "attention_distill_weight=nan must be a finite number >= 0"),
     (dict(distill_temperature=0.0), "distill_temperature=0.0 must be > 0"),
     (dict(relation_heads=0), "relation_heads=0"),
     (dict(relation_kind="dot"), "relation_kind='dot'"),
     (dict(qkv_weights=[1.0, 1.0]), "three weights"),
     (dict(loss_tokens="prompt"), "loss_tokens='prompt'"),
     (dict(logits_distill_tokens="prompt"), "logits_distill_tokens='prompt'"),
-    (dict(quantization_warmup_steps=-1), "quantization_warmup_steps=-1 must be >= 0"),
+    (dict(quantization_warmup_steps=-1), "quantization_warmup_steps=-1 must be a finite number >= 0"),
 ])
 def test_config_rejects_bad_values(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
@@ -138,7 +139,8 @@ def test_logits_kd_over_all_real_tokens(tmp_path):
 
 
 def test_quantization_warmup_follows_the_step(tmp_path):
-    """The quantizers are blended in linearly over ``quantization_warmup_steps`` and are fully on after training."""
+    """The quantizers are blended in linearly over ``quantization_warmup_steps`` (here a fraction of the steps:
+    4 of 6) and are fully on after training."""
     from transformers import TrainerCallback
 
     from bitnet_hf import BitLinear
@@ -150,7 +152,7 @@ def test_quantization_warmup_follows_the_step(tmp_path):
             seen.append({m.quantization_strength for m in model.modules() if isinstance(m, BitLinear)})
 
     student = convert_to_bitnet(tiny_model("llama"))
-    trainer = BitDistillTrainer(model=student, args=config(tmp_path, max_steps=6, quantization_warmup_steps=4,
+    trainer = BitDistillTrainer(model=student, args=config(tmp_path, max_steps=6, quantization_warmup_steps=4 / 6,
                                                             logits_distill_weight=0.0, attention_distill_weight=0.0),
                                 train_dataset=token_dataset(n=24), callbacks=[Probe()])
     trainer.train()

@@ -8,7 +8,7 @@ import transformers
 
 from bitnet_hf.cli import main
 from bitnet_hf.demo import sentiment_reviews, stdlib_docstrings
-from bitnet_hf.pipeline import ROWS, Pipeline, PipelineArguments, results_markdown
+from bitnet_hf.pipeline import ROWS, Pipeline, PipelineArguments, Row, results_markdown
 from tiny import tiny_chat_tokenizer, tiny_model
 
 
@@ -126,6 +126,24 @@ def test_ablation_rows_are_defined_by_what_they_leave_out():
     assert ROWS["logits_only"].logits and not ROWS["logits_only"].attention
     assert ROWS["attention_only"].attention and not ROWS["attention_only"].logits
     assert not ROWS["bitnet_sft"].distilled and ROWS["bitnet_sft"].subln == "none"
+
+
+def test_rows_take_the_runs_distill_options_and_their_own(workspace, tmp_path):
+    """One source: the pipeline's distillation options are BitDistillConfig's (names, defaults, checks); a lever
+    row puts its own on top, the baselines train without teacher terms."""
+    pipe = Pipeline(arguments(workspace, tmp_path, relation_kind="cosine", logits_distill_tokens="all"))
+    paper = pipe.row_options(ROWS["bitdistill"])
+    assert (paper["logits_distill_weight"], paper["attention_distill_weight"], paper["relation_kind"],
+            paper["logits_distill_tokens"], paper["quantization_warmup_steps"]) == (10.0, 1e5, "cosine", "all", 0)
+    assert pipe.row_options(ROWS["warmup"])["quantization_warmup_steps"] == pytest.approx(2 / 3)
+    assert pipe.row_options(ROWS["logits_only"])["attention_distill_weight"] == 0.0
+    assert pipe.row_options(ROWS["bitnet_sft"]) == {"logits_distill_weight": 0.0, "attention_distill_weight": 0.0}
+    summarization = arguments(workspace, tmp_path, task="cnndm")
+    assert (summarization.logits_distill_weight, summarization.attention_distill_weight) == (1.0, 1e3)
+    with pytest.raises(ValueError, match="attention_distill_weight=-1.0 must be a finite number >= 0"):
+        arguments(workspace, tmp_path, attention_distill_weight=-1.0)
+    with pytest.raises(ValueError, match=r"\['warmup'\] are not DistillOptions fields"):
+        Row("typo", options=(("warmup", 1),))
 
 
 def test_bad_input_stops_before_training(workspace, tmp_path, capsys):

@@ -1,8 +1,11 @@
-"""``BitDistillConfig``: ``TrainingArguments`` plus the distillation choices of BitDistill stage 3."""
+"""The options of BitDistill stage 3: ``DistillOptions`` (the recipe's choices, one source for the trainer, the
+pipeline and the model card) and ``BitDistillConfig`` (``TrainingArguments`` plus those choices)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -15,10 +18,10 @@ LOGITS_DISTILL_TOKENS = ("loss", "all")
 
 
 @dataclass(kw_only=True)
-class BitDistillConfig(TrainingArguments):
-    """Training arguments for ``BitDistillTrainer``: ``L = CE + lambda * logits_KD + gamma * attention_KD``.
-
-    Every ``TrainingArguments`` field works as usual. The distillation fields, with the paper's defaults:
+class DistillOptions:
+    """What BitDistill's stage 3 does beside plain fine-tuning: ``L = CE + lambda * logits_KD + gamma *
+    attention_KD``, and how the quantizers come in. ``BitDistillConfig`` and the pipeline's arguments both are
+    these options (declared here once, with their defaults and checks); the model card lists them.
 
     Args:
         distill_preset: ``"classification"`` (lambda 10, gamma 1e5) or ``"summarization"`` (lambda 1, gamma 1e3);
@@ -35,15 +38,12 @@ class BitDistillConfig(TrainingArguments):
         relation_kind: ``"scaled_dot"`` (``softmax(A A^T / sqrt(d_r))``, MiniLM-v2 and the paper) or ``"cosine"``
             (cosine similarity at temperature 1, the authors' code).
         qkv_weights: weights of the Q, K and V relation terms.
-        loss_tokens: the tokens CE and logits KD count: ``"all"`` real (non-padding) tokens, or ``"completion"``
-            tokens only (prompt/completion data). Default: ``"completion"`` when the dataset has a completion mask,
-            else ``"all"``. The relation KD always spans all real tokens, prompt included.
         logits_distill_tokens: the tokens logits KD counts: ``"loss"``, the ones CE counts (``loss_tokens``), or
             ``"all"`` real tokens, prompt included (the authors' code: dozens of soft targets per classification
             example instead of the answer's two).
-        max_length: examples given as ``prompt``/``completion`` text are tokenized and cut to this many tokens.
         quantization_warmup_steps: optimizer steps over which the BitNet quantizers are blended in, from full
-            precision to ternary (``bitnet_hf.warmup``); 0 (default): ternary from the first step.
+            precision to ternary (``bitnet_hf.warmup``), or a fraction of the stage's steps when below 1 (like
+            ``warmup_steps``); 0 (default): ternary from the first step.
     """
 
     distill_preset: str | None = field(default=None, metadata={
@@ -61,21 +61,12 @@ class BitDistillConfig(TrainingArguments):
         "help": "scaled_dot (MiniLM-v2, the paper) or cosine (the authors' code)", "choices": list(RELATION_KINDS)})
     qkv_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0], metadata={
         "help": "weights of the Q, K, V relation terms"})
-    loss_tokens: str | None = field(default=None, metadata={
-        "help": "tokens CE and logits KD count: all or completion (default: completion for prompt/completion data)",
-        "choices": list(LOSS_TOKENS)})
     logits_distill_tokens: str = field(default="loss", metadata={
         "help": "tokens logits KD counts: loss (the CE tokens) or all real tokens, prompt included",
         "choices": list(LOGITS_DISTILL_TOKENS)})
-    max_length: int = field(default=512, metadata={"help": "tokens per example when the trainer tokenizes text"})
-    quantization_warmup_steps: int = field(default=0, metadata={
-        "help": "steps over which the quantizers are blended in from full precision (0: ternary from the start)"})
-    # Evaluation reports the loss and its terms; gathering every eval logit (the Trainer's default) costs
-    # batch x length x vocab floats per step for nothing here.
-    prediction_loss_only: bool = field(default=True, metadata={"help": "evaluate the loss only, keep no logits"})
-    # The collator needs the dataset's own columns (completion_mask, prompt/completion text).
-    remove_unused_columns: bool = field(default=False, metadata={"help": "drop dataset columns the model's forward "
-                                                                 "does not take (keep False for BitDistillTrainer)"})
+    quantization_warmup_steps: float = field(default=0, metadata={
+        "help": "steps over which the quantizers are blended in from full precision, or a fraction of the stage's "
+        "steps when < 1 (0: ternary from the start)"})
 
     def __post_init__(self) -> None:
         if self.distill_preset is not None and self.distill_preset not in PRESETS:
@@ -85,9 +76,10 @@ class BitDistillConfig(TrainingArguments):
             self.logits_distill_weight = lam
         if self.attention_distill_weight is None:
             self.attention_distill_weight = gamma
-        for name in ("logits_distill_weight", "attention_distill_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("logits_distill_weight", "attention_distill_weight", "quantization_warmup_steps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}={value} must be a finite number >= 0")
         if not self.distill_temperature > 0:
             raise ValueError(f"distill_temperature={self.distill_temperature} must be > 0")
         if self.relation_heads < 1:
@@ -97,13 +89,42 @@ class BitDistillConfig(TrainingArguments):
         self.qkv_weights = [float(w) for w in self.qkv_weights]
         if len(self.qkv_weights) != 3 or min(self.qkv_weights) < 0:
             raise ValueError(f"qkv_weights={self.qkv_weights} must be three weights >= 0 (Q, K, V)")
-        if self.loss_tokens is not None and self.loss_tokens not in LOSS_TOKENS:
-            raise ValueError(f"loss_tokens={self.loss_tokens!r} is not one of {LOSS_TOKENS}")
         if self.logits_distill_tokens not in LOGITS_DISTILL_TOKENS:
             raise ValueError(f"logits_distill_tokens={self.logits_distill_tokens!r} is not one of "
                              f"{LOGITS_DISTILL_TOKENS}")
-        if self.quantization_warmup_steps < 0:
-            raise ValueError(f"quantization_warmup_steps={self.quantization_warmup_steps} must be >= 0")
+
+    def distill_options(self) -> dict[str, Any]:
+        """These options as a dict (for another ``DistillOptions``: ``BitDistillConfig(**options, ...)``)."""
+        return {f.name: getattr(self, f.name) for f in fields(DistillOptions)}
+
+
+@dataclass(kw_only=True)
+class BitDistillConfig(TrainingArguments, DistillOptions):
+    """Training arguments for ``BitDistillTrainer``: every ``TrainingArguments`` field, every ``DistillOptions``
+    field (the distillation choices, with the paper's defaults), and:
+
+    Args:
+        loss_tokens: the tokens CE counts: ``"all"`` real (non-padding) tokens, or ``"completion"`` tokens only
+            (prompt/completion data). Default: ``"completion"`` when the dataset has a completion mask, else
+            ``"all"``. The relation KD always spans all real tokens, prompt included.
+        max_length: examples given as ``prompt``/``completion`` text are tokenized and cut to this many tokens.
+    """
+
+    loss_tokens: str | None = field(default=None, metadata={
+        "help": "tokens CE counts: all or completion (default: completion for prompt/completion data)",
+        "choices": list(LOSS_TOKENS)})
+    max_length: int = field(default=512, metadata={"help": "tokens per example when the trainer tokenizes text"})
+    # Evaluation reports the loss and its terms; gathering every eval logit (the Trainer's default) costs
+    # batch x length x vocab floats per step for nothing here.
+    prediction_loss_only: bool = field(default=True, metadata={"help": "evaluate the loss only, keep no logits"})
+    # The collator needs the dataset's own columns (completion_mask, prompt/completion text).
+    remove_unused_columns: bool = field(default=False, metadata={"help": "drop dataset columns the model's forward "
+                                                                 "does not take (keep False for BitDistillTrainer)"})
+
+    def __post_init__(self) -> None:
+        DistillOptions.__post_init__(self)
+        if self.loss_tokens is not None and self.loss_tokens not in LOSS_TOKENS:
+            raise ValueError(f"loss_tokens={self.loss_tokens!r} is not one of {LOSS_TOKENS}")
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length} must be >= 2")
-        super().__post_init__()
+        TrainingArguments.__post_init__(self)
