@@ -11,19 +11,30 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 
 from .convert import save_trained_model
 from .data import pack_corpus
+from .distill import BitDistillConfig, BitDistillTrainer
 
 logger = logging.getLogger(__name__)
 
 
 def continue_pretraining(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                          corpus: Dataset | IterableDataset, args: TrainingArguments, *, block_size: int = 512,
-                         max_tokens: int | None = None, text_field: str = "text") -> Trainer:
+                         max_tokens: int | None = None, text_field: str = "text",
+                         teacher: PreTrainedModel | str | None = None) -> Trainer:
     """Train ``model`` on ``corpus`` packed into ``block_size``-token blocks and return the finished ``Trainer``.
 
     ``max_tokens`` is a token budget: it sets ``args.max_steps`` to ``ceil(blocks / global batch)`` (give it or
     ``max_steps``, not both). Checkpointing, resuming (``args.resume_from_checkpoint``), schedulers and bf16 are
     the ``TrainingArguments``' own. The final model is saved atomically to ``<output_dir>/final`` with the tokenizer.
+
+    With plain ``TrainingArguments`` the loss is the causal-LM cross-entropy (the paper's stage 2). With a
+    ``BitDistillConfig`` the stage runs in ``BitDistillTrainer`` with its options, over every token of the blocks:
+    ``quantization_warmup_steps`` blends the quantizers in, and ``logits_distill_weight`` adds logits KD from
+    ``teacher`` (the full-precision model: dense soft targets instead of one-hot next tokens). Set the weights
+    you do not want to 0 (the presets are stage 3's).
     """
+    if teacher is not None and not isinstance(args, BitDistillConfig):
+        raise ValueError("a teacher needs args=BitDistillConfig(..., logits_distill_weight=...); plain "
+                         "TrainingArguments train with the causal-LM loss alone")
     if block_size < 2:
         raise ValueError(f"block_size={block_size} must be >= 2")
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -46,8 +57,12 @@ def continue_pretraining(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     if isinstance(packed, Dataset):
         logger.info("continued pre-training on %d blocks of %d tokens (%.2fM tokens)", len(packed), block_size,
                     len(packed) * block_size / 1e6)
-    trainer = Trainer(model=model, args=args, train_dataset=packed, data_collator=default_data_collator,
-                      processing_class=tokenizer)
+    if isinstance(args, BitDistillConfig):
+        trainer: Trainer = BitDistillTrainer(model=model, teacher_model=teacher, args=args,
+                                             train_dataset=packed.remove_columns("labels"), processing_class=tokenizer)
+    else:
+        trainer = Trainer(model=model, args=args, train_dataset=packed, data_collator=default_data_collator,
+                          processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     out = save_trained_model(trainer, Path(args.output_dir) / "final")
     logger.info("saved the pre-trained model to %s", out)
