@@ -170,15 +170,16 @@ def _hf_command(command: str, argv: list[str]) -> int:
 
 
 def _pretrain(args: PretrainArguments, train_args) -> int:  # noqa: ANN001 - TrainingArguments, imported lazily
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from .data import load_text_dataset
+    from .distill.trainer import load_for_training
     from .pretrain import continue_pretraining
 
     _require_checkpoint(Path(args.model))
     corpus = load_text_dataset(args.corpus, name=args.dataset_config, split=args.split, streaming=args.streaming)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model)
+    model = load_for_training(args.model, train_args)
     trainer = continue_pretraining(model, tokenizer, corpus, train_args, block_size=args.block_size,
                                    max_tokens=args.max_tokens, text_field=args.text_field)
     _summary(trainer, "pre-trained")
@@ -186,7 +187,7 @@ def _pretrain(args: PretrainArguments, train_args) -> int:  # noqa: ANN001 - Tra
 
 
 def _distill(args: DistillArguments, config) -> int:  # noqa: ANN001 - BitDistillConfig, imported lazily
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from .convert import save_trained_model
     from .data import load_text_dataset, require_columns
@@ -204,7 +205,7 @@ def _distill(args: DistillArguments, config) -> int:  # noqa: ANN001 - BitDistil
         datasets[split] = data.rename_columns({k: v for k, v in ((args.prompt_field, "prompt"),
                                                (args.completion_field, "completion")) if k != v})
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    trainer = BitDistillTrainer(model=AutoModelForCausalLM.from_pretrained(args.model), teacher_model=args.teacher,
+    trainer = BitDistillTrainer(model=args.model, teacher_model=args.teacher,
                                 args=config, train_dataset=datasets["train"], eval_dataset=datasets.get("eval"),
                                 processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)

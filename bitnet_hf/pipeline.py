@@ -38,6 +38,7 @@ from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_train
 from .data import load_text_dataset, require_columns
 from .distill import BitDistillConfig, BitDistillTrainer
 from .distill.config import DistillOptions
+from .distill.trainer import load_for_training
 from .evaluation import decode_speed, evaluate_model
 from .hub import RECIPE_FILE
 from .pretrain import continue_pretraining
@@ -257,7 +258,7 @@ class Pipeline:
             return
         targs = TrainingArguments(per_device_train_batch_size=a.pretrain_batch_size,
                                   learning_rate=a.pretrain_learning_rate, **self._training_arguments(out))
-        model = AutoModelForCausalLM.from_pretrained(self.out / f"convert-{subln}")
+        model = load_for_training(self.out / f"convert-{subln}", targs)
         corpus = load_text_dataset(a.corpus)
         continue_pretraining(model, self.tokenizer, corpus, targs, block_size=a.pretrain_block_size,
                              max_tokens=a.pretrain_tokens, text_field=a.corpus_field)
@@ -272,7 +273,7 @@ class Pipeline:
             max_steps=a.steps, per_device_train_batch_size=a.batch_size, learning_rate=lr,
             **self._training_arguments(out), **self.row_options(row), max_length=a.max_length,
             loss_tokens="completion")
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        model = load_for_training(model_path, config)
         trainer = BitDistillTrainer(model=model, teacher_model=str(teacher) if teacher else None, args=config,
                                     train_dataset=train, processing_class=self.tokenizer)
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)

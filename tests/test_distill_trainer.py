@@ -274,6 +274,13 @@ def test_teacher_from_a_path(tmp_path):
     trainer = BitDistillTrainer(model=student, teacher_model=str(tmp_path / "teacher"), args=config(tmp_path),
                                 train_dataset=token_dataset())
     assert torch.equal(trainer.teacher.lm_head.weight, teacher.lm_head.weight)
+    # training on the CPU: eager attention (same math; the CPU flash-attention backward is slow for short sequences)
+    assert trainer.teacher.config._attn_implementation == "eager"
+    student.save_pretrained(tmp_path / "student")
+    from_path = BitDistillTrainer(model=str(tmp_path / "student"), teacher_model=teacher, args=config(tmp_path),
+                                  train_dataset=token_dataset())
+    assert from_path.model.config._attn_implementation == "eager"
+    assert from_path.model.model.layers[0].self_attn.o_proj.weight.dtype == torch.float32
 
 
 # ---- bad input, caught before the first step ----

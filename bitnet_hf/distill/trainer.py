@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, IterableDataset
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from ..data import CompletionCollator, tokenize_prompt_completion
 from ..models.layers import BitLinear, PackedBitLinear
@@ -67,10 +68,10 @@ class BitDistillTrainer(Trainer):
         if not isinstance(args, BitDistillConfig):
             raise TypeError(f"args must be a BitDistillConfig, got {type(args).__name__}")
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model)
+            model = load_for_training(model, args)
         lam, gamma = args.logits_distill_weight, args.attention_distill_weight
         if isinstance(teacher_model, str):
-            teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model, dtype="auto")
+            teacher_model = load_for_training(teacher_model, args, dtype="auto")
         if teacher_model is None and (lam > 0 or gamma > 0):
             raise ValueError(f"logits_distill_weight={lam} and attention_distill_weight={gamma} need a teacher_model; "
                              "pass one, or set both weights to 0 for plain fine-tuning (BitNet-SFT)")
@@ -276,6 +277,15 @@ class BitDistillTrainer(Trainer):
             sums.clear()
             self._term_batches[mode] = 0
         super().log(logs, start_time)
+
+
+def load_for_training(path: str | os.PathLike, args: TrainingArguments, *, dtype: str | torch.dtype = torch.float32
+                      ) -> PreTrainedModel:
+    """A checkpoint loaded to train (or teach) under ``args``: float32 latent weights by default and, when training
+    runs on the CPU, eager attention: PyTorch's CPU flash-attention backward is slow for short sequences (an SST-2
+    step of SmolLM2 takes 1.33x as long with it, ``benchmarks/train_step.py``). The math is the same."""
+    cpu = args.device.type == "cpu"
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **({"attn_implementation": "eager"} if cpu else {}))
 
 
 def _followed_by_real(attention_mask: torch.Tensor) -> torch.Tensor:
