@@ -1,0 +1,91 @@
+"""One lever of the SST-2 recovery recipe, measured fast: SmolLM2-135M-Instruct converted (or a given BitNet
+checkpoint), fine-tuned on SST-2 with the given BitDistill options, scored on the held-out split.
+
+    python benchmarks/sst2_probe.py --name sft-warm100 --warmup 100                 # BitNet-SFT + warm-up
+    python benchmarks/sst2_probe.py --name teacher --fp --steps 100 --lr 5e-5 --save runs/teacher   # FP16-SFT
+    python benchmarks/sst2_probe.py --name kd --teacher runs/teacher --lam 10 --warmup 100
+
+Data as the pipeline's SST-2 run (`benchmarks/sst2_smollm2.sh`): ``../shared/data/sst2``, 872 examples held out of
+train (seed 42), 2,400 others to train on; batch 16, cosine schedule, bf16 autocast. Appends a JSON line (options,
+accuracy, seconds, loss log) to ``--record`` (default ``runs/probes.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from bitnet_hf import BitDistillConfig, BitDistillTrainer, convert_to_bitnet, save_checkpoint
+from bitnet_hf.distill.trainer import load_for_training
+from bitnet_hf.evaluation import evaluate_model
+from bitnet_hf.offline import smollm2
+from bitnet_hf.tasks import get_task, train_eval_splits
+from bitnet_hf.tasks.base import uses_chat_template
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True)
+    p.add_argument("--student", help="BitNet checkpoint to fine-tune (default: convert SmolLM2 with --subln)")
+    p.add_argument("--subln", default="paper", help="SubLN of the conversion (gains calibrated on 32 prompts)")
+    p.add_argument("--fp", action="store_true", help="fine-tune the full-precision model (FP16-SFT)")
+    p.add_argument("--teacher", help="full-precision teacher checkpoint (for --lam / --gamma)")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=float, default=0, help="quantization_warmup_steps")
+    p.add_argument("--lam", type=float, default=0.0, help="logits_distill_weight")
+    p.add_argument("--gamma", type=float, default=0.0, help="attention_distill_weight")
+    p.add_argument("--kind", default="scaled_dot", help="relation_kind")
+    p.add_argument("--kd-tokens", default="loss", help="logits_distill_tokens")
+    p.add_argument("--train-size", type=int, default=2400)
+    p.add_argument("--eval-size", type=int, default=872)
+    p.add_argument("--output-dir", default="runs")
+    p.add_argument("--record", default="runs/probes.jsonl")
+    p.add_argument("--save", help="save the trained model here")
+    a = p.parse_args()
+
+    base = smollm2()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    task = get_task("sst2")
+    splits = train_eval_splits(task, data_dir=DATA, train_size=a.train_size, eval_size=872, seed=42)
+    train = task.tokenize(splits.train, tokenizer, 256)
+    config = BitDistillConfig(
+        output_dir=f"{a.output_dir}/probe-{a.name}", max_steps=a.steps, per_device_train_batch_size=a.batch,
+        learning_rate=a.lr, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=10, save_strategy="no",
+        bf16=True, use_cpu=True, seed=42, report_to="none", logits_distill_weight=a.lam,
+        attention_distill_weight=a.gamma, relation_kind=a.kind, logits_distill_tokens=a.kd_tokens,
+        quantization_warmup_steps=a.warmup, loss_tokens="completion", max_length=256)
+    start = time.perf_counter()
+    if a.fp or a.student:
+        model = load_for_training(a.student or base, config)
+    else:
+        prompts = [task.prompt(e, tokenizer) for e in splits.train.select(range(32))]
+        special = not uses_chat_template(tokenizer)
+        batches = [dict(tokenizer(q, return_tensors="pt", add_special_tokens=special)) for q in prompts]
+        model = convert_to_bitnet(base, subln=a.subln, calibration_batches=batches if a.subln != "none" else None)
+        model.set_attn_implementation("eager")  # as load_for_training does for CPU training
+    teacher = load_for_training(a.teacher, config) if a.teacher else None
+    trainer = BitDistillTrainer(model=model, teacher_model=teacher, args=config, train_dataset=train,
+                                processing_class=tokenizer)
+    trainer.train()
+    seconds = time.perf_counter() - start
+    result = evaluate_model(model.eval(), tokenizer, task, splits.eval.select(range(a.eval_size)), batch_size=32)
+    print(f"RESULT {a.name} accuracy {result.metrics['accuracy']:.2f} train {seconds:.0f} s", flush=True)
+    record = {"name": a.name, "args": vars(a), "metrics": result.metrics, "train_seconds": round(seconds),
+              "log": [e for e in trainer.state.log_history if "loss" in e]}
+    Path(a.record).parent.mkdir(parents=True, exist_ok=True)
+    with open(a.record, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if a.save:
+        save_checkpoint(model, a.save, tokenizer=tokenizer, overwrite=True)
+
+
+if __name__ == "__main__":
+    main()
