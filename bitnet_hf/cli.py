@@ -280,6 +280,9 @@ def _convert(args: argparse.Namespace) -> int:
 
     _require_checkpoint(Path(args.src))
     check_output_dir(args.out, args.overwrite)
+    if args.calibration_samples < 1 or args.max_length < 1:
+        raise ValueError(f"--calibration-samples ({args.calibration_samples}) and --max-length ({args.max_length}) "
+                         "must be >= 1")
     if args.calibration_data is not None and not args.calibration_data.exists():
         raise FileNotFoundError(f"--calibration-data {args.calibration_data} does not exist")
     tokenizer = _tokenizer_or_none(args.src, AutoTokenizer)

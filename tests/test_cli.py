@@ -52,6 +52,9 @@ def test_convert_then_pack(fp_checkpoint, tmp_path, capsys):
     # the tiny model has no tokenizer: calibration must say so, before writing anything
     assert main(["convert", str(fp_checkpoint), str(tmp_path / "bad"), "--calibration-data", str(calibration)]) == 2
     assert "has no tokenizer" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["convert", str(fp_checkpoint), str(tmp_path / "bad"), "--calibration-data", str(calibration),
+                 "--calibration-samples", "0"]) == 2  # used to calibrate on 20 silently
+    assert "--calibration-samples (0)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
     assert main(["convert", str(fp_checkpoint), str(tmp_path / "bitnet"), "--subln", "all"]) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "bitnet")

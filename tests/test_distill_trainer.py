@@ -73,6 +73,7 @@ def test_config_defaults_presets_and_parsing(tmp_path):
     (dict(qkv_weights=[1.0, 1.0]), "three weights"),
     (dict(loss_tokens="prompt"), "loss_tokens='prompt'"),
     (dict(logits_distill_tokens="prompt"), "logits_distill_tokens='prompt'"),
+    (dict(max_steps=0), "max_steps=0 trains nothing"),
     (dict(quantization_warmup_steps=-1), "quantization_warmup_steps=-1 must be a finite number >= 0"),
 ])
 def test_config_rejects_bad_values(tmp_path, bad, message):

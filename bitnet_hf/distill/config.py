@@ -127,4 +127,7 @@ class BitDistillConfig(TrainingArguments, DistillOptions):
             raise ValueError(f"loss_tokens={self.loss_tokens!r} is not one of {LOSS_TOKENS}")
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length} must be >= 2")
+        if self.max_steps == 0:
+            raise ValueError("max_steps=0 trains nothing: give a positive number of steps, or -1 to train "
+                             "num_train_epochs epochs")
         TrainingArguments.__post_init__(self)
