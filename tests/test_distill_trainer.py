@@ -13,6 +13,7 @@ import bitnet_hf
 from bitnet_hf import BitDistillConfig, BitDistillTrainer, convert_to_bitnet
 from bitnet_hf.data import CompletionCollator
 from bitnet_hf.distill import QKVCapture, attention_relation_distillation, logits_distillation
+from bitnet_hf.distill.losses import hidden_layer_map
 from tiny import VOCAB, tiny_model
 
 
@@ -139,6 +140,39 @@ def test_logits_kd_over_all_real_tokens(tmp_path):
     assert loss.item() == pytest.approx(want, rel=1e-5)
 
 
+def test_hidden_state_kd_pairs_layers_and_is_computed_by_hand(tmp_path):
+    """``hidden_distill_weight``: per-layer MSE of RMS-normalised hidden states over real tokens, a deeper teacher's
+    layers paired by relative depth; a teacher of another width is refused before training."""
+    student = convert_to_bitnet(tiny_model("llama", seed=0))
+    teacher = tiny_model("llama", seed=1, num_hidden_layers=4)
+    args = config(tmp_path, logits_distill_weight=0.0, attention_distill_weight=0.0, hidden_distill_weight=3.0)
+    trainer = BitDistillTrainer(model=student, teacher_model=teacher, args=args,
+                                train_dataset=token_dataset(completion=True))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    loss = trainer.compute_loss(student, batch)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        s_out = student(**inputs, output_hidden_states=True)
+        t_out = teacher(**inputs, output_hidden_states=True)
+    layers = student.config.num_hidden_layers
+    assert hidden_layer_map(layers, 4) == [1, 3] and layers == 2
+    real = batch["attention_mask"].bool()
+
+    def unit(h):
+        return h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+
+    mse = sum(((unit(s_out.hidden_states[1 + i]) - unit(t_out.hidden_states[1 + j])) ** 2).mean(-1)[real].sum()
+              for i, j in enumerate([1, 3])) / 2 / real.sum()
+    target = batch["labels"][:, 1:]
+    counted = target.ne(-100)
+    ce = torch.nn.functional.cross_entropy(s_out.logits[:, :-1][counted], target[counted])
+    assert loss.item() == pytest.approx(ce.item() + 3.0 * mse.item(), rel=1e-5)
+    assert hidden_layer_map(3, 3) == [0, 1, 2] and hidden_layer_map(2, 3) == [1, 2]
+    wide = tiny_model("llama", seed=1, hidden_size=128)
+    with pytest.raises(ValueError, match="needs the same hidden width in student and teacher"):
+        BitDistillTrainer(model=student, teacher_model=wide, args=args, train_dataset=token_dataset())
+
+
 def test_quantization_warmup_follows_the_step(tmp_path):
     """The quantizers are blended in linearly over ``quantization_warmup_steps`` (here a fraction of the steps:
     4 of 6) and are fully on after training."""
@@ -170,6 +204,8 @@ def test_each_term_is_logged(tmp_path):
     assert len(logs) == 2
     for entry in logs:
         assert {"ce", "logits_kd", "attention_kd"} <= set(entry)
+        assert entry["logits_kd_weighted"] == pytest.approx(10 * entry["logits_kd"])
+        assert entry["attention_kd_weighted"] == pytest.approx(1e5 * entry["attention_kd"])
         assert entry["loss"] == pytest.approx(entry["ce"] + 10 * entry["logits_kd"] + 1e5 * entry["attention_kd"],
                                               rel=1e-3)
 

@@ -38,6 +38,9 @@ class DistillOptions:
         relation_kind: ``"scaled_dot"`` (``softmax(A A^T / sqrt(d_r))``, MiniLM-v2 and the paper) or ``"cosine"``
             (cosine similarity at temperature 1, the authors' code).
         qkv_weights: weights of the Q, K and V relation terms.
+        hidden_distill_weight: the weight of hidden-state KD: the MSE between the RMS-normalised outputs of every
+            student layer and of the teacher layer at the same relative depth, averaged over layers and real tokens
+            (needs the same hidden width). 0 (default, the paper) turns it off.
         logits_distill_tokens: the tokens logits KD counts: ``"loss"``, the ones CE counts (``loss_tokens``), or
             ``"all"`` real tokens, prompt included (the authors' code: dozens of soft targets per classification
             example instead of the answer's two).
@@ -61,6 +64,8 @@ class DistillOptions:
         "help": "scaled_dot (MiniLM-v2, the paper) or cosine (the authors' code)", "choices": list(RELATION_KINDS)})
     qkv_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0], metadata={
         "help": "weights of the Q, K, V relation terms"})
+    hidden_distill_weight: float = field(default=0.0, metadata={
+        "help": "weight of the hidden-state KD (per-layer MSE of RMS-normalised hidden states; 0: off)"})
     logits_distill_tokens: str = field(default="loss", metadata={
         "help": "tokens logits KD counts: loss (the CE tokens) or all real tokens, prompt included",
         "choices": list(LOGITS_DISTILL_TOKENS)})
@@ -76,7 +81,8 @@ class DistillOptions:
             self.logits_distill_weight = lam
         if self.attention_distill_weight is None:
             self.attention_distill_weight = gamma
-        for name in ("logits_distill_weight", "attention_distill_weight", "quantization_warmup_steps"):
+        for name in ("logits_distill_weight", "attention_distill_weight", "hidden_distill_weight",
+                     "quantization_warmup_steps"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={value} must be a finite number >= 0")

@@ -123,3 +123,41 @@ def attention_relation_distillation(student_states: Sequence[torch.Tensor], teac
             total = total + weight * part / heads
     rows = mask.sum() if normalizer is None else normalizer
     return total / rows
+
+
+def hidden_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """For each student layer ``i`` (0-based), the teacher layer it learns from: the one at the same relative depth,
+    ``round((i + 1) * teacher_layers / student_layers) - 1`` (the identity for equal depths; the last layers pair)."""
+    if student_layers < 1 or teacher_layers < 1:
+        raise ValueError(f"layer counts must be >= 1, got {student_layers} and {teacher_layers}")
+    return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
+
+
+def hidden_state_distillation(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
+                              mask: torch.Tensor | None = None, *, eps: float = 1e-6,
+                              normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Per-layer MSE between the student's and the teacher's hidden states, each first normalised by its own RMS
+    over the hidden dimension (so layers of any scale, and tokens with massive activations, weigh alike).
+
+    ``student_states[l]`` and ``teacher_states[l]`` are ``(batch, T, hidden)`` outputs of paired layers (see
+    :func:`hidden_layer_map`). The loss is the mean over hidden channels of the squared difference, summed over the
+    real tokens (``mask``) and layers, divided by the layer count and by ``normalizer`` (default: the real tokens).
+    """
+    if len(student_states) != len(teacher_states) or not student_states:
+        raise ValueError(f"got {len(student_states)} student and {len(teacher_states)} teacher hidden states; "
+                         "they must be as many, at least one")
+    total = student_states[0].new_zeros((), dtype=torch.float32)
+    for student, teacher in zip(student_states, teacher_states):
+        if student.shape != teacher.shape:
+            raise ValueError(f"hidden states {tuple(student.shape)} (student) and {tuple(teacher.shape)} (teacher) "
+                             "differ; hidden-state distillation needs the same hidden width")
+        s = student.float()
+        s = s * torch.rsqrt(s.square().mean(-1, keepdim=True) + eps)
+        with torch.no_grad():
+            t = teacher.float()
+            t = t * torch.rsqrt(t.square().mean(-1, keepdim=True) + eps)
+        per_token = (s - t).square().mean(-1)
+        total = total + (per_token[mask.bool()] if mask is not None else per_token).sum()
+    count = (mask.sum() if mask is not None else student_states[0].shape[:2].numel()) if normalizer is None \
+        else normalizer
+    return total / len(student_states) / count

@@ -22,11 +22,16 @@ from ..models.layers import BitLinear, PackedBitLinear
 from ..warmup import QuantizationWarmup
 from .capture import QKVCapture, projection_widths, resolve_layer
 from .config import BitDistillConfig
-from .losses import attention_relation_distillation, logits_distillation
+from .losses import (
+    attention_relation_distillation,
+    hidden_layer_map,
+    hidden_state_distillation,
+    logits_distillation,
+)
 
 logger = logging.getLogger(__name__)
 
-TERMS = ("ce", "logits_kd", "attention_kd")
+TERMS = ("ce", "logits_kd", "attention_kd", "hidden_kd")
 
 
 class TokenCounts(NamedTuple):
@@ -69,14 +74,15 @@ class BitDistillTrainer(Trainer):
             raise TypeError(f"args must be a BitDistillConfig, got {type(args).__name__}")
         if isinstance(model, str):
             model = load_for_training(model, args)
-        lam, gamma = args.logits_distill_weight, args.attention_distill_weight
+        lam, gamma = args.logits_distill_weight, args.attention_distill_weight + args.hidden_distill_weight
         if isinstance(teacher_model, str):
             teacher_model = load_for_training(teacher_model, args, dtype="auto")
         if teacher_model is None and (lam > 0 or gamma > 0):
-            raise ValueError(f"logits_distill_weight={lam} and attention_distill_weight={gamma} need a teacher_model; "
-                             "pass one, or set both weights to 0 for plain fine-tuning (BitNet-SFT)")
+            raise ValueError(f"logits_distill_weight={lam}, attention_distill_weight={args.attention_distill_weight} "
+                             f"and hidden_distill_weight={args.hidden_distill_weight} need a teacher_model; pass one, "
+                             "or set the weights to 0 for plain fine-tuning (BitNet-SFT)")
         if teacher_model is not None and lam == 0 and gamma == 0:
-            warnings.warn("both distillation weights are 0, so the teacher is not used; it is not loaded on the devices",
+            warnings.warn("every distillation weight is 0, so the teacher is not used; it is not loaded on the devices",
                           stacklevel=2)
             teacher_model = None
 
@@ -129,6 +135,11 @@ class BitDistillTrainer(Trainer):
         if any(isinstance(m, (BitLinear, PackedBitLinear)) and getattr(m, "quantize", True) for m in teacher.modules()):
             warnings.warn("the teacher has ternary BitNet layers; BitDistill's teacher is the full-precision model "
                           "fine-tuned on the task (stage 0), is this the right checkpoint?", stacklevel=3)
+        if args.hidden_distill_weight > 0:
+            widths = [getattr(m.config, "hidden_size", None) for m in (student, teacher)]
+            if widths[0] != widths[1]:
+                raise ValueError(f"hidden_distill_weight={args.hidden_distill_weight} needs the same hidden width in "
+                                 f"student and teacher, got {widths[0]} and {widths[1]}; set it to 0 for this teacher")
         if args.attention_distill_weight > 0:
             layers = []
             for name, model in (("student", student), ("teacher", teacher)):
@@ -213,8 +224,9 @@ class BitDistillTrainer(Trainer):
         model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
 
         student_capture = self._captures[0] if self._captures else contextlib.nullcontext()
+        hidden = self.teacher is not None and args.hidden_distill_weight > 0
         with student_capture:
-            outputs = model(**model_inputs)
+            outputs = model(**model_inputs, **({"output_hidden_states": True} if hidden else {}))
         target = labels[:, 1:]
         counted = target.ne(-100)
         logits = outputs.logits[:, :-1]
@@ -223,7 +235,8 @@ class BitDistillTrainer(Trainer):
         if self.teacher is not None:
             teacher_capture = self._captures[1] if self._captures else contextlib.nullcontext()
             with torch.no_grad(), teacher_capture:
-                teacher_logits = self.teacher(**model_inputs).logits[:, :-1]
+                teacher_outputs = self.teacher(**model_inputs, **({"output_hidden_states": True} if hidden else {}))
+            teacher_logits = teacher_outputs.logits[:, :-1]
             if args.logits_distill_weight > 0:
                 every = args.logits_distill_tokens == "all"
                 terms["logits_kd"] = logits_distillation(
@@ -234,8 +247,13 @@ class BitDistillTrainer(Trainer):
                     self._captures[0].pop(), self._captures[1].pop(), attention_mask.bool(),
                     heads=args.relation_heads, kind=args.relation_kind, weights=args.qkv_weights,
                     normalizer=counts.rows)
+            if hidden:
+                student_states, teacher_states = outputs.hidden_states[1:], teacher_outputs.hidden_states[1:]
+                pairs = hidden_layer_map(len(student_states), len(teacher_states))
+                terms["hidden_kd"] = hidden_state_distillation(student_states, [teacher_states[j] for j in pairs],
+                                                               attention_mask, normalizer=counts.rows)
 
-        weights = {"ce": 1.0, "logits_kd": args.logits_distill_weight, "attention_kd": args.attention_distill_weight}
+        weights = self._weights()
         loss = sum(weights[name] * value for name, value in terms.items())
         if not torch.isfinite(loss):
             bad = next((n for n, v in terms.items() if not torch.isfinite(v)), "total")
@@ -250,6 +268,11 @@ class BitDistillTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ---- logging the terms ----
+
+    def _weights(self) -> dict[str, float]:
+        args = self.args
+        return {"ce": 1.0, "logits_kd": args.logits_distill_weight, "attention_kd": args.attention_distill_weight,
+                "hidden_kd": args.hidden_distill_weight}
 
     def _record(self, terms: dict[str, torch.Tensor], mode: str) -> None:
         sums = self._term_sums[mode]
@@ -272,8 +295,13 @@ class BitDistillTrainer(Trainer):
             else:
                 values = self.accelerator.reduce(values, reduction="mean") / self._term_batches[mode]
             prefix = "eval_" if mode == "eval" else ""
-            # In place: evaluate() returns this very dict, so the eval terms are in its metrics too.
-            logs.update({prefix + n: v for n, v in zip(names, values.tolist())})
+            # In place: evaluate() returns this very dict, so the eval terms are in its metrics too. Beside each
+            # distillation term, what it adds to the loss (its weight times it): the balance of the terms.
+            weights = self._weights()
+            for name, value in zip(names, values.tolist()):
+                logs[prefix + name] = value
+                if name != "ce":
+                    logs[f"{prefix}{name}_weighted"] = weights[name] * value
             sums.clear()
             self._term_batches[mode] = 0
         super().log(logs, start_time)
