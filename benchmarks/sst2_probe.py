@@ -39,10 +39,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--scheduler", default="cosine", help="lr_scheduler_type")
+    p.add_argument("--decay-steps", type=int, help="num_decay_steps of --scheduler warmup_stable_decay")
     p.add_argument("--warmup", type=float, default=0, help="quantization_warmup_steps")
     p.add_argument("--lam", type=float, default=0.0, help="logits_distill_weight")
     p.add_argument("--gamma", type=float, default=0.0, help="attention_distill_weight")
     p.add_argument("--kind", default="scaled_dot", help="relation_kind")
+    p.add_argument("--hidden", type=float, default=0.0, help="hidden_distill_weight")
     p.add_argument("--kd-tokens", default="loss", help="logits_distill_tokens")
     p.add_argument("--train-size", type=int, default=2400)
     p.add_argument("--eval-size", type=int, default=872)
@@ -58,9 +61,10 @@ def main() -> None:
     train = task.tokenize(splits.train, tokenizer, 256)
     config = BitDistillConfig(
         output_dir=f"{a.output_dir}/probe-{a.name}", max_steps=a.steps, per_device_train_batch_size=a.batch,
-        learning_rate=a.lr, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=10, save_strategy="no",
+        learning_rate=a.lr, lr_scheduler_type=a.scheduler, warmup_steps=0.05,
+        lr_scheduler_kwargs={"num_decay_steps": a.decay_steps} if a.decay_steps else {}, logging_steps=10, save_strategy="no",
         bf16=True, use_cpu=True, seed=42, report_to="none", logits_distill_weight=a.lam,
-        attention_distill_weight=a.gamma, relation_kind=a.kind, logits_distill_tokens=a.kd_tokens,
+        attention_distill_weight=a.gamma, hidden_distill_weight=a.hidden, relation_kind=a.kind, logits_distill_tokens=a.kd_tokens,
         quantization_warmup_steps=a.warmup, loss_tokens="completion", max_length=256)
     start = time.perf_counter()
     if a.fp or a.student:
