@@ -17,10 +17,13 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass
 class PretrainArguments:
-    """``bitnet-hf pretrain``: what to train on; every ``TrainingArguments`` option is accepted beside these."""
+    """``bitnet-hf pretrain``: what to train on; every ``PretrainConfig`` option (``TrainingArguments`` and the
+    distillation options, weights 0 by default) is accepted beside these."""
 
     model: str = field(metadata={"help": "BitNet training checkpoint (from `bitnet-hf convert`)"})
     corpus: str = field(metadata={"help": "text/JSONL/JSON/parquet/CSV file, folder or glob, or a Hub dataset name"})
+    teacher: str | None = field(default=None, metadata={
+        "help": "full-precision model to distill from (with --logits-distill-weight), e.g. the converted one"})
     text_field: str = field(default="text", metadata={"help": "column holding the text"})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name"})
     split: str = field(default="train", metadata={"help": "Hub dataset split"})
@@ -45,7 +48,8 @@ class DistillArguments:
 # Commands whose options are dataclass fields, parsed by transformers' HfArgumentParser (so every
 # TrainingArguments option works, and a single .yaml/.json file can hold them all).
 _HF_COMMANDS = {
-    "pretrain": "continued pre-training of a BitNet model with the causal-LM loss (BitDistill stage 2)",
+    "pretrain": "continued pre-training of a BitNet model with the causal-LM loss, optionally logits KD from the FP "
+                "model and a quantization warm-up (BitDistill stage 2)",
     "distill": "distillation fine-tuning from a full-precision teacher (BitDistill stage 3)",
     "pipeline": "the whole recipe with both baselines: FP16-SFT, BitNet-SFT and BitDistill, evaluated in one table",
 }
@@ -141,17 +145,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _hf_command(command: str, argv: list[str]) -> int:
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import HfArgumentParser
 
     from .distill import BitDistillConfig
+    from .pretrain import PretrainConfig
 
     if command == "pipeline":
         from .pipeline import PipelineArguments
 
         classes: tuple = (PipelineArguments,)
     else:
-        classes = (PretrainArguments, TrainingArguments) if command == "pretrain" else (DistillArguments,
-                                                                                         BitDistillConfig)
+        classes = (PretrainArguments, PretrainConfig) if command == "pretrain" else (DistillArguments,
+                                                                                     BitDistillConfig)
     parser = HfArgumentParser(classes, prog=f"bitnet-hf {command}",
                               description=f"{_HF_COMMANDS[command]}. Takes every option of "
                               f"{classes[-1].__name__}, or a single .yaml/.json file holding them.")
@@ -169,7 +174,7 @@ def _hf_command(command: str, argv: list[str]) -> int:
         return 2
 
 
-def _pretrain(args: PretrainArguments, train_args) -> int:  # noqa: ANN001 - TrainingArguments, imported lazily
+def _pretrain(args: PretrainArguments, train_args) -> int:  # noqa: ANN001 - PretrainConfig, imported lazily
     from transformers import AutoTokenizer
 
     from .data import load_text_dataset
@@ -177,11 +182,13 @@ def _pretrain(args: PretrainArguments, train_args) -> int:  # noqa: ANN001 - Tra
     from .pretrain import continue_pretraining
 
     _require_checkpoint(Path(args.model))
+    if args.teacher is not None:
+        _require_checkpoint(Path(args.teacher))
     corpus = load_text_dataset(args.corpus, name=args.dataset_config, split=args.split, streaming=args.streaming)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = load_for_training(args.model, train_args)
     trainer = continue_pretraining(model, tokenizer, corpus, train_args, block_size=args.block_size,
-                                   max_tokens=args.max_tokens, text_field=args.text_field)
+                                   max_tokens=args.max_tokens, text_field=args.text_field, teacher=args.teacher)
     _summary(trainer, "pre-trained")
     return 0
 

@@ -8,7 +8,7 @@ Layout of ``output_dir`` (every model folder is written atomically, so "it exist
 
     teacher/final                FP16-SFT, the teacher
     convert-<subln>/             stage 1 (per SubLN placement)
-    pretrain-<subln>/final       stage 2
+    pretrain-<subln>/final       stage 2 (pretrain-<subln>-<row>/final for a row with stage-2 options of its own)
     <row>/final, <row>/packed    task fine-tuning of each BitNet row, and its deployment checkpoint
     eval/<row>.json              each row's evaluation
     results.json, results.md     the table, the configuration, the command and the seed
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.trainer_utils import get_last_checkpoint
 
 from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
@@ -41,7 +41,7 @@ from .distill.config import DistillOptions
 from .distill.trainer import load_for_training
 from .evaluation import decode_speed, evaluate_model
 from .hub import RECIPE_FILE
-from .pretrain import continue_pretraining
+from .pretrain import PretrainConfig, continue_pretraining
 from .tasks import ClassificationTask, Splits, get_task, train_eval_splits
 from .tasks.base import parse_columns, uses_chat_template
 
@@ -53,7 +53,9 @@ STAGES = ("teacher", "bitnet_sft", "convert", "pretrain", "distill", "evaluate")
 @dataclass(frozen=True)
 class Row:
     """One model of the table: how its BitNet student is made (``None`` fields: the FP16-SFT row). ``options``
-    override the run's ``DistillOptions`` for this row's fine-tuning (the levers of the ablation rows)."""
+    override the run's ``DistillOptions`` for this row's fine-tuning, ``pretrain_options`` set ``PretrainConfig``
+    fields of its continued pre-training (the levers of the ablation rows; a logits-KD weight there distills from
+    the full-precision base model)."""
 
     label: str
     subln: str | None = "paper"
@@ -61,9 +63,11 @@ class Row:
     logits: bool = True
     attention: bool = True
     options: tuple[tuple[str, Any], ...] = ()
+    pretrain_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        unknown = {name for name, _ in self.options} - {f.name for f in fields(DistillOptions)}
+        known = {f.name for f in fields(DistillOptions)}
+        unknown = {name for name, _ in self.options + self.pretrain_options} - known
         if unknown:
             raise ValueError(f"row {self.label!r}: {sorted(unknown)} are not DistillOptions fields")
 
@@ -88,6 +92,8 @@ ROWS: dict[str, Row] = {
     "warmup": Row("BitDistill + quantization warm-up", options=(("quantization_warmup_steps", 2 / 3),)),
     "kd_all_tokens": Row("BitDistill + logits KD on all tokens", options=(("logits_distill_tokens", "all"),)),
     "cosine": Row("BitDistill, cosine relations (authors' code)", options=(("relation_kind", "cosine"),)),
+    "pretrain_kd_warmup": Row("BitDistill + stage 2 with logits KD and warm-up", pretrain_options=(
+        ("logits_distill_weight", 1.0), ("quantization_warmup_steps", 0.5))),
 }
 
 
@@ -217,9 +223,10 @@ class Pipeline:
                 self._stage(f"convert-{row.subln}", self._convert, row.subln)
             student = self.out / f"convert-{row.subln}"
             if row.pretrain:
+                folder = f"pretrain-{row.subln}" + (f"-{name}" if row.pretrain_options else "")
                 if "pretrain" in stages:
-                    self._stage(f"pretrain-{row.subln}", self._pretrain, row.subln)
-                student = self.out / f"pretrain-{row.subln}" / "final"
+                    self._stage(folder, self._pretrain, row, folder)
+                student = self.out / folder / "final"
             if ("distill" if row.distilled else "bitnet_sft") in stages:
                 teacher = self.out / "teacher" / "final" if row.distilled else None
                 self._stage(name, self._finetune, student, self.out / name, train, lr=a.bitnet_learning_rate,
@@ -250,18 +257,20 @@ class Pipeline:
         model = convert_to_bitnet(self.args.base, subln=subln, calibration_batches=batches)
         save_checkpoint(model, path, tokenizer=self.tokenizer, overwrite=True)
 
-    def _pretrain(self, subln: str) -> None:
+    def _pretrain(self, row: Row, folder: str) -> None:
         a = self.args
-        out = self.out / f"pretrain-{subln}"
+        out = self.out / folder
         if (out / "final" / "config.json").is_file():
             logger.info("%s exists, skipping", out / "final")
             return
-        targs = TrainingArguments(per_device_train_batch_size=a.pretrain_batch_size,
-                                  learning_rate=a.pretrain_learning_rate, **self._training_arguments(out))
-        model = load_for_training(self.out / f"convert-{subln}", targs)
+        config = PretrainConfig(per_device_train_batch_size=a.pretrain_batch_size,
+                                learning_rate=a.pretrain_learning_rate, **self._training_arguments(out),
+                                **dict(row.pretrain_options))
+        model = load_for_training(self.out / f"convert-{row.subln}", config)
+        teacher = load_for_training(a.base, config) if config.logits_distill_weight > 0 else None
         corpus = load_text_dataset(a.corpus)
-        continue_pretraining(model, self.tokenizer, corpus, targs, block_size=a.pretrain_block_size,
-                             max_tokens=a.pretrain_tokens, text_field=a.corpus_field)
+        continue_pretraining(model, self.tokenizer, corpus, config, block_size=a.pretrain_block_size,
+                             max_tokens=a.pretrain_tokens, text_field=a.corpus_field, teacher=teacher)
 
     def _finetune(self, model_path: str | Path, out: Path, train: Any, *, lr: float, teacher: Path | None,
                   row: Row) -> None:
@@ -370,10 +379,11 @@ class Pipeline:
             if row.pretrain:
                 stages.append({"name": "continued pre-training (stage 2)", "hyperparameters": {
                     "corpus": a.corpus, "tokens": a.pretrain_tokens, "block_size": a.pretrain_block_size,
-                    "batch_size": a.pretrain_batch_size, "learning_rate": a.pretrain_learning_rate}})
+                    "batch_size": a.pretrain_batch_size, "learning_rate": a.pretrain_learning_rate,
+                    **dict(row.pretrain_options)}})
             stages.append({"name": "distillation fine-tuning (stage 3)" if row.distilled else "task fine-tuning",
                            "hyperparameters": {"task": self.task.name, "steps": a.steps, "batch_size": a.batch_size,
-                                               "learning_rate": a.bitnet_learning_rate}})
+                                               "learning_rate": a.bitnet_learning_rate, **dict(row.options)}})
             recipe = {"base_model": a.base_model_id, "license": a.license, "task": self.task.name,
                       "teacher": "FP16-SFT (the base model fine-tuned on the task)" if row.distilled else None,
                       "stages": stages, "results": table}

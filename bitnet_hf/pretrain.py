@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset, IterableDataset
@@ -14,6 +15,18 @@ from .data import pack_corpus
 from .distill import BitDistillConfig, BitDistillTrainer
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(BitDistillConfig):
+    """Stage 2's arguments: a ``BitDistillConfig`` whose distillation weights default to 0, the paper's stage 2
+    (the causal-LM loss alone, over every token). Set ``logits_distill_weight`` (with a full-precision teacher)
+    and ``quantization_warmup_steps`` to distill from the FP model and blend the quantizers in."""
+
+    logits_distill_weight: float | None = field(default=0.0, metadata={
+        "help": "weight of logits KD from the teacher (the FP model) over every token (default 0: off)"})
+    attention_distill_weight: float | None = field(default=0.0, metadata={
+        "help": "weight of the attention-relation KD (default 0: off)"})
 
 
 def continue_pretraining(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -27,13 +40,13 @@ def continue_pretraining(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     the ``TrainingArguments``' own. The final model is saved atomically to ``<output_dir>/final`` with the tokenizer.
 
     With plain ``TrainingArguments`` the loss is the causal-LM cross-entropy (the paper's stage 2). With a
-    ``BitDistillConfig`` the stage runs in ``BitDistillTrainer`` with its options, over every token of the blocks:
-    ``quantization_warmup_steps`` blends the quantizers in, and ``logits_distill_weight`` adds logits KD from
-    ``teacher`` (the full-precision model: dense soft targets instead of one-hot next tokens). Set the weights
-    you do not want to 0 (the presets are stage 3's).
+    ``PretrainConfig`` (or any ``BitDistillConfig``) the stage runs in ``BitDistillTrainer`` with its options, over
+    every token of the blocks: ``quantization_warmup_steps`` blends the quantizers in, and
+    ``logits_distill_weight`` adds logits KD from ``teacher`` (the full-precision model: dense soft targets instead
+    of one-hot next tokens).
     """
     if teacher is not None and not isinstance(args, BitDistillConfig):
-        raise ValueError("a teacher needs args=BitDistillConfig(..., logits_distill_weight=...); plain "
+        raise ValueError("a teacher needs args=PretrainConfig(..., logits_distill_weight=...); plain "
                          "TrainingArguments train with the causal-LM loss alone")
     if block_size < 2:
         raise ValueError(f"block_size={block_size} must be >= 2")

@@ -144,6 +144,21 @@ def test_rows_take_the_runs_distill_options_and_their_own(workspace, tmp_path):
         arguments(workspace, tmp_path, attention_distill_weight=-1.0)
     with pytest.raises(ValueError, match=r"\['warmup'\] are not DistillOptions fields"):
         Row("typo", options=(("warmup", 1),))
+    with pytest.raises(ValueError, match=r"\['kd'\] are not DistillOptions fields"):
+        Row("typo", pretrain_options=(("kd", 1),))
+
+
+def test_a_row_with_stage_2_options_pretrains_in_its_own_folder(workspace, tmp_path):
+    """``pretrain_kd_warmup``: stage 2 distils from the FP base with the quantizers blended in, in a folder of its
+    own (the paper's stage 2 of other rows stays as it is)."""
+    out = tmp_path / "run"
+    args = arguments(workspace, out, rows=["fp16_sft", "pretrain_kd_warmup"], stages=["convert", "pretrain"])
+    Pipeline(args).run()
+    assert not (out / "pretrain-paper").exists()
+    state = json.loads((out / "pretrain-paper-pretrain_kd_warmup/checkpoint-2/trainer_state.json").read_text())
+    assert all(e["logits_kd"] >= 0 and "logits_kd_weighted" in e for e in state["log_history"] if "loss" in e)
+    options = json.loads((out / "pretrain-paper-pretrain_kd_warmup/final/training_args.json").read_text())
+    assert (options["logits_distill_weight"], options["quantization_warmup_steps"]) == (1.0, 0.5)
 
 
 def test_bad_input_stops_before_training(workspace, tmp_path, capsys):

@@ -90,16 +90,17 @@ def test_continue_pretraining_learns_within_the_token_budget(tmp_path):
 def test_continue_pretraining_with_logits_kd_and_warmup(tmp_path):
     """Stage 2 with a BitDistillConfig: CE and logits KD from the FP teacher over every token of the blocks, the
     quantizers blended in over the first steps; plain TrainingArguments refuse a teacher."""
-    from bitnet_hf import BitDistillConfig, BitLinear
+    from bitnet_hf import BitLinear
+    from bitnet_hf.pretrain import PretrainConfig
 
     tokenizer = tiny_tokenizer()
     corpus = Dataset.from_dict({"text": ["abcdefgh" * 6] * 20})
     teacher = tiny_model("llama")
     model = convert_to_bitnet(tiny_model("llama"), subln="none")
-    config = BitDistillConfig(output_dir=str(tmp_path / "pt"), per_device_train_batch_size=2, learning_rate=3e-3,
-                              report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True,
-                              dataloader_pin_memory=False, logits_distill_weight=1.0, attention_distill_weight=0.0,
-                              quantization_warmup_steps=2)
+    config = PretrainConfig(output_dir=str(tmp_path / "pt"), per_device_train_batch_size=2, learning_rate=3e-3,
+                            report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True,
+                            dataloader_pin_memory=False, logits_distill_weight=1.0, quantization_warmup_steps=2)
+    assert PretrainConfig(output_dir=str(tmp_path)).attention_distill_weight == 0.0
     trainer = continue_pretraining(model, tokenizer, corpus, config, block_size=16, max_tokens=16 * 2 * 4,
                                    teacher=teacher)
     logs = [e for e in trainer.state.log_history if "loss" in e]
@@ -108,7 +109,7 @@ def test_continue_pretraining_with_logits_kd_and_warmup(tmp_path):
     # at step 0 the student (no SubLN) is its unquantized self, the teacher's own weights: logits KD starts at 0
     assert logs[0]["logits_kd"] < 1e-3 < logs[-1]["logits_kd"]
     assert {m.quantization_strength for m in model.modules() if isinstance(m, BitLinear)} == {1.0}
-    with pytest.raises(ValueError, match="a teacher needs args=BitDistillConfig"):
+    with pytest.raises(ValueError, match="a teacher needs args=PretrainConfig"):
         continue_pretraining(model, tokenizer, corpus, _training_args(tmp_path), block_size=16, max_tokens=64,
                              teacher=teacher)
 
