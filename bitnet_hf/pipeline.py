@@ -92,6 +92,7 @@ ROWS: dict[str, Row] = {
     "warmup": Row("BitDistill + quantization warm-up", options=(("quantization_warmup_steps", 2 / 3),)),
     "kd_all_tokens": Row("BitDistill + logits KD on all tokens", options=(("logits_distill_tokens", "all"),)),
     "cosine": Row("BitDistill, cosine relations (authors' code)", options=(("relation_kind", "cosine"),)),
+    "hidden_kd": Row("BitDistill + hidden-state KD", options=(("hidden_distill_weight", 1.0),)),
     "pretrain_kd_warmup": Row("BitDistill + stage 2 with logits KD and warm-up", pretrain_options=(
         ("logits_distill_weight", 1.0), ("quantization_warmup_steps", 0.5))),
 }
