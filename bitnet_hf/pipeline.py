@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
@@ -307,7 +308,7 @@ class Pipeline:
         return {"output_dir": str(out), "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
                 "logging_steps": a.logging_steps, "save_steps": a.save_steps, "save_total_limit": 1, "bf16": a.bf16,
                 "use_cpu": not torch.cuda.is_available(), "seed": a.seed, "report_to": "none",
-                "resume_from_checkpoint": get_last_checkpoint(str(out)) if out.is_dir() else None}
+                "resume_from_checkpoint": last_complete_checkpoint(out)}
 
     def _evaluate(self, name: str) -> None:
         a = self.args
@@ -429,6 +430,22 @@ def results_markdown(results: dict[str, Any]) -> str:
         "```",
         "",
     ])
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` of a training folder that was saved whole, or None. The Trainer writes
+    ``trainer_state.json`` last, so a run killed while saving leaves a checkpoint without it (or with it cut short):
+    such checkpoints are removed, and the run resumes from the one before."""
+    if not folder.is_dir():
+        return None
+    while (last := get_last_checkpoint(str(folder))) is not None:
+        try:
+            json.loads((Path(last) / TRAINER_STATE_NAME).read_text())
+            return last
+        except (OSError, ValueError):
+            logger.warning("%s was not saved whole (the run stopped while saving it): removing it", last)
+            shutil.rmtree(last)
+    return None
 
 
 def _write_json(path: Path, data: Any) -> None:

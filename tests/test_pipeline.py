@@ -108,6 +108,11 @@ def test_an_interrupted_fine_tuning_resumes_from_its_checkpoint(finished, worksp
     shutil.rmtree(out / "bitnet_sft" / "final")  # as if stopped after the last checkpoint, before the final save
     (out / "eval" / "bitnet_sft.json").unlink()
     assert (out / "bitnet_sft" / "checkpoint-2").is_dir()
+    # ...and killed while saving a later checkpoint: its weights are written, its trainer_state.json is not (the
+    # Trainer writes it last). That checkpoint is removed and the run resumes from checkpoint-2.
+    broken = out / "bitnet_sft" / "checkpoint-3"
+    shutil.copytree(out / "bitnet_sft" / "checkpoint-2", broken)
+    (broken / "trainer_state.json").unlink()
     transformers.logging.enable_propagation()
     try:
         with caplog.at_level(logging.INFO, logger="transformers.trainer"):
@@ -115,6 +120,7 @@ def test_an_interrupted_fine_tuning_resumes_from_its_checkpoint(finished, worksp
     finally:
         transformers.logging.disable_propagation()
     assert (out / "bitnet_sft" / "final" / "model.safetensors").is_file()
+    assert any(f"{broken} was not saved whole" in r.getMessage() for r in caplog.records)
     assert any("Resuming training from checkpoint with epoch" in r.message and "global step 2" in r.message
                for r in caplog.records)  # resumed at step 2, no step redone
     assert [r["row"] for r in results["rows"]] == ["fp16_sft", "bitnet_sft", "bitdistill"]
