@@ -21,7 +21,6 @@ from bitnet_hf.distill.trainer import load_for_training
 from bitnet_hf.offline import smollm2
 from bitnet_hf.pretrain import PretrainConfig
 from bitnet_hf.tasks import get_task, train_eval_splits
-from bitnet_hf.tasks.base import uses_chat_template
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -38,10 +37,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     task = get_task("sst2")
     splits = train_eval_splits(task, data_dir=DATA / "sst2", train_size=2400, eval_size=872, seed=42)
-    prompts = [task.prompt(e, tokenizer) for e in splits.train.select(range(32))]
-    special = not uses_chat_template(tokenizer)
-    batches = [dict(tokenizer(q, return_tensors="pt", add_special_tokens=special)) for q in prompts]
-    model = convert_to_bitnet(base, subln="paper", calibration_batches=batches)
+    model = convert_to_bitnet(base, subln="paper", calibration_batches=task.prompt_inputs(splits.train, tokenizer, 32))
     config = PretrainConfig(output_dir=a.out, per_device_train_batch_size=8, learning_rate=a.lr,
                             lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=5, save_steps=20,
                             save_total_limit=1, bf16=True, use_cpu=True, seed=42, report_to="none",

@@ -24,7 +24,6 @@ from bitnet_hf.distill.trainer import load_for_training
 from bitnet_hf.evaluation import evaluate_model
 from bitnet_hf.offline import smollm2
 from bitnet_hf.tasks import get_task, train_eval_splits
-from bitnet_hf.tasks.base import uses_chat_template
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 
@@ -70,10 +69,8 @@ def main() -> None:
     if a.fp or a.student:
         model = load_for_training(a.student or base, config)
     else:
-        prompts = [task.prompt(e, tokenizer) for e in splits.train.select(range(32))]
-        special = not uses_chat_template(tokenizer)
-        batches = [dict(tokenizer(q, return_tensors="pt", add_special_tokens=special)) for q in prompts]
-        model = convert_to_bitnet(base, subln=a.subln, calibration_batches=batches if a.subln != "none" else None)
+        batches = task.prompt_inputs(splits.train, tokenizer, 32) if a.subln != "none" else None
+        model = convert_to_bitnet(base, subln=a.subln, calibration_batches=batches)
         model.set_attn_implementation("eager")  # as load_for_training does for CPU training
     teacher = load_for_training(a.teacher, config) if a.teacher else None
     trainer = BitDistillTrainer(model=model, teacher_model=teacher, args=config, train_dataset=train,

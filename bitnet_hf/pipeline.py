@@ -44,7 +44,7 @@ from .evaluation import decode_speed, evaluate_model
 from .hub import RECIPE_FILE
 from .pretrain import PretrainConfig, continue_pretraining
 from .tasks import ClassificationTask, Splits, get_task, train_eval_splits
-from .tasks.base import parse_columns, uses_chat_template
+from .tasks.base import parse_columns
 
 logger = logging.getLogger(__name__)
 
@@ -250,12 +250,8 @@ class Pipeline:
         if (path / "config.json").is_file():
             logger.info("%s exists, skipping", path)
             return
-        batches = None
-        if subln != "none":
-            prompts = [self.task.prompt(e, self.tokenizer) for e in self.splits.train.select(
-                range(min(self.args.calibration_samples, len(self.splits.train))))]
-            special = not uses_chat_template(self.tokenizer)
-            batches = [dict(self.tokenizer(p, return_tensors="pt", add_special_tokens=special)) for p in prompts]
+        batches = None if subln == "none" else self.task.prompt_inputs(self.splits.train, self.tokenizer,
+                                                                       self.args.calibration_samples)
         model = convert_to_bitnet(self.args.base, subln=subln, calibration_batches=batches)
         save_checkpoint(model, path, tokenizer=self.tokenizer, overwrite=True)
 

@@ -14,10 +14,11 @@ from tiny import tiny_model
 
 
 def run(out: Path, per_device_batch: int, steps: int = 3) -> BitDistillTrainer:
+    """A trainer of the tiny student; trained for `steps` steps (0: built only, for its starting weights)."""
     teacher = tiny_model("llama", seed=1)
     student = convert_to_bitnet(tiny_model("llama", seed=0))
     args = BitDistillConfig(output_dir=str(out / "trainer"), per_device_train_batch_size=per_device_batch,
-                            max_steps=steps, optim="sgd", learning_rate=1e-4, max_grad_norm=0.0, logging_steps=1,
+                            max_steps=max(steps, 1), optim="sgd", learning_rate=1e-4, max_grad_norm=0.0, logging_steps=1,
                             relation_heads=4, train_sampling_strategy="sequential", report_to=[],
                             save_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False,
                             ddp_backend="gloo" if torch.distributed.is_torchelastic_launched() else None)

@@ -42,6 +42,10 @@ def test_chat_template_prompt_and_answer_tokens():
     answer_ids = [i for i, m in zip(row["input_ids"], mask) if m]
     assert tok.decode(answer_ids) == "positive</s>"  # the loss sees the label word and EOS only
     assert tok.decode(row["input_ids"][: mask.index(1)]) == prompt  # the template's own <s>, no extra BOS
+    # calibration inputs: the same prompt tokens, one example a batch, at most `limit` of them
+    inputs = task.prompt_inputs(Dataset.from_list([example, example]), tok, limit=5)
+    assert len(inputs) == 2 and inputs[0]["input_ids"][0].tolist() == row["input_ids"][: mask.index(1)]
+    assert inputs[0]["attention_mask"].all() and len(task.prompt_inputs(Dataset.from_list([example] * 3), tok, 1)) == 1
 
 
 def test_plain_prompt_without_a_chat_template():

@@ -89,6 +89,13 @@ class Task:
             return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         return (f"{self.system}\n\n" if self.system else "") + f"{message}\nAnswer:"
 
+    def prompt_inputs(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, limit: int) -> list[dict[str, Any]]:
+        """Model inputs of the prompts of the first ``limit`` examples, one example a batch, tokenized as the model
+        sees them (SubLN calibration data)."""
+        special = not uses_chat_template(tokenizer)
+        return [dict(tokenizer(self.prompt(e, tokenizer), return_tensors="pt", add_special_tokens=special))
+                for e in dataset.select(range(min(limit, len(dataset))))]
+
     def answer(self, example: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> str:
         """The target text of an example (a space in front when there is no chat template)."""
         raise NotImplementedError
