@@ -42,6 +42,12 @@ class QuantizationWarmup(TrainerCallback):
             raise ValueError(f"quantization warm-up steps={steps} must be >= 0")
         self.steps = steps
 
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: nn.Module | None = None, **kwargs: Any) -> None:
+        if model is not None and set_quantization_strength(model, 0.0) == 0:
+            raise ValueError("quantization_warmup_steps is set but the model has no BitLinear layers: it is not a "
+                             "BitNet training model (convert it with bitnet_hf.convert_to_bitnet first)")
+
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                       model: nn.Module | None = None, **kwargs: Any) -> None:
         if model is not None:

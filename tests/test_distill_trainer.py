@@ -193,6 +193,12 @@ def test_quantization_warmup_follows_the_step(tmp_path):
     trainer.train()
     assert seen == [{0.0}, {0.25}, {0.5}, {0.75}, {1.0}, {1.0}]
     assert {m.quantization_strength for m in student.modules() if isinstance(m, BitLinear)} == {1.0}
+    fp = BitDistillTrainer(model=tiny_model("llama"), args=config(tmp_path, quantization_warmup_steps=2,
+                                                                  logits_distill_weight=0.0,
+                                                                  attention_distill_weight=0.0),
+                           train_dataset=token_dataset())
+    with pytest.raises(ValueError, match="has no BitLinear layers: it is not a BitNet training model"):
+        fp.train()
 
 
 def test_each_term_is_logged(tmp_path):
