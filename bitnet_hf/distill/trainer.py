@@ -31,8 +31,6 @@ from .losses import (
 
 logger = logging.getLogger(__name__)
 
-TERMS = ("ce", "logits_kd", "attention_kd", "hidden_kd")
-
 
 class TokenCounts(NamedTuple):
     """Tokens of a whole optimizer step (all accumulated micro-batches, all processes when averaging across them):
