@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--method", choices=("score", "generate"), default="score", help="classification scoring")
     p.add_argument("--max-new-tokens", type=int, help="generation limit (default: the task's)")
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype to load a full-precision model in")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="dtype to compute in (default: float32, where label scores do not depend on --batch-size; "
+                   "bfloat16 is faster, but its rounding differs with the batch shape)")
     p.add_argument("--output", type=Path, help="also write the metrics to this JSON file")
 
     p = sub.add_parser("demo", help="the shortened pipeline, offline: SmolLM2 from its wheel on generated data",

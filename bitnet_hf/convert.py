@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers.trainer import TRAINER_STATE_NAME
 
 from .models import BITNET_CLASS_FOR, CONFIG_CLASSES
 from .models.base import SUBLN_PLACEMENTS, BitNetConfigMixin
@@ -199,10 +199,8 @@ def save_checkpoint(
     """
     path = check_output_dir(path, overwrite).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the checkpoint gets the usual permissions
+    tmp = _fresh_temporary(path)
+    tmp.mkdir()
     try:
         model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -217,24 +215,34 @@ def save_checkpoint(
 def save_trained_model(trainer: Trainer, path: str | os.PathLike) -> Path:
     """``trainer.save_model`` (which gathers FSDP / ZeRO-3 shards; the main process writes, with the tokenizer)
     into a temporary sibling folder, then the main process renames it onto ``path``, replacing what was there.
-    The Trainer's pickled ``training_args.bin`` is replaced by ``training_args.json``: no pickle in a final model."""
+    The Trainer's pickled ``training_args.bin`` is replaced by ``training_args.json``: no pickle in a final model.
+    ``trainer_state.json`` (the log history) is written beside, so the log outlives the run's checkpoints."""
     path = Path(path).absolute()
-    tmp = path.with_name(f".{path.name}.tmp")
-    if trainer.is_world_process_zero() and tmp.exists():
-        shutil.rmtree(tmp)  # left by an interrupted earlier save
+    tmp = _fresh_temporary(path) if trainer.is_world_process_zero() else path.with_name(f".{path.name}.tmp")
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
     if trainer.is_world_process_zero():
         (tmp / "training_args.bin").unlink(missing_ok=True)
         (tmp / "training_args.json").write_text(trainer.args.to_json_string())
+        trainer.state.save_to_json(str(tmp / TRAINER_STATE_NAME))  # the training log, kept with the model
         _move_into_place(tmp, path)
     trainer.accelerator.wait_for_everyone()
     return path
 
 
+def _fresh_temporary(path: Path) -> Path:
+    """``.<name>.tmp`` beside ``path``, where a save is written before it is renamed onto ``path``. What a killed
+    earlier save left beside ``path`` (that folder, ``.<name>.old``, or the ``.<name>.<random>.tmp`` of earlier
+    versions) is removed first, so an interrupted save costs no disk space for longer than until the next one."""
+    for stale in path.parent.glob(f".{path.name}.*"):
+        if stale.is_dir() and stale.suffix in (".tmp", ".old"):
+            shutil.rmtree(stale)
+    return path.with_name(f".{path.name}.tmp")
+
+
 def _move_into_place(tmp: Path, path: Path) -> None:
     if path.exists():
-        old = tmp.with_suffix(".old")
+        old = path.with_name(f".{path.name}.old")
         path.rename(old)
         tmp.rename(path)
         shutil.rmtree(old)

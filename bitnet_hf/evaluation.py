@@ -29,6 +29,7 @@ class Evaluation:
     tokens_per_second: float
     seconds: float
     predictions: list[str]
+    scores: list[list[float]] | None = None  # label-word logits of each example (classification by score)
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "metrics": self.metrics, "examples": self.examples,
@@ -41,7 +42,12 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     """Score ``model`` on ``dataset`` (examples of ``task``, e.g. from ``task.load``), in batches, greedily.
 
     Classification, ``method="score"``: one forward per example; the prediction is the label word whose first
-    token scores highest after the prompt (tokens/s counts prompt tokens). ``method="generate"``: greedy
+    token scores highest after the prompt (tokens/s counts prompt tokens). The scores do not depend on the batch
+    size in float32 (equal to 1e-5 in ``tests/test_evaluation.py``): left-padded prompts keep the positions they
+    have alone, and attention runs eager for the call, because SDPA takes other kernels for padded batches and its
+    float differences flip int8 activation rounding ties, which a ternary model amplifies (0.6 logits on SmolLM2).
+    In bf16 the matmuls themselves round differently with the batch shape (0.4 logits on SmolLM2 at batch 32):
+    score in float32 for numbers that do not depend on the batch size. ``method="generate"``: greedy
     generation, right when the text is the label word (anything else is wrong); tokens/s counts generated tokens.
     Summarization: greedy generation of at most ``max_new_tokens`` (default: the task's), ROUGE and BLEU.
     """
@@ -61,8 +67,12 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation and last-position scoring both want the prompt's end aligned
+    attention = model.config._attn_implementation
+    if label_ids is not None and method == "score" and attention != "eager":
+        model.set_attn_implementation("eager")  # SDPA picks other kernels for padded batches: see the docstring
     special = not uses_chat_template(tokenizer)
     predictions: list[str] = []
+    scores: list[list[float]] = []
     counted = 0
     start = time.perf_counter()
     try:
@@ -73,7 +83,10 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
                               add_special_tokens=special).to(model.device)
             with torch.no_grad():
                 if label_ids is not None and method == "score":
-                    logits = model(**batch, logits_to_keep=1).logits[:, -1, label_ids]
+                    # each prompt at the positions it has alone (generate does the same for left padding)
+                    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                    logits = model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1, label_ids]
+                    scores += logits.float().tolist()
                     predictions += [task.labels[j] for j in logits.argmax(-1).tolist()]
                     counted += int(batch["attention_mask"].sum())
                     continue
@@ -86,6 +99,8 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
             predictions += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     finally:
         tokenizer.padding_side = side
+        if model.config._attn_implementation != attention:
+            model.set_attn_implementation(attention)
         model.train(was_training)
     seconds = time.perf_counter() - start
     if isinstance(task, ClassificationTask):
@@ -94,7 +109,7 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     else:
         metrics = summarization_metrics(predictions, list(dataset[task.target]))
     return Evaluation(task=task.name, metrics=metrics, examples=len(dataset), tokens_per_second=counted / seconds,
-                      seconds=seconds, predictions=predictions)
+                      seconds=seconds, predictions=predictions, scores=scores or None)
 
 
 def summarization_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
 from .data import load_text_dataset, require_columns
@@ -140,6 +140,9 @@ class PipelineArguments(DistillOptions):
     max_new_tokens: int | None = field(default=None, metadata={"help": "summary length limit (default: the task's)"})
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every this many steps"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint every this many steps (resume point)"})
+    keep_checkpoints: bool = field(default=False, metadata={
+        "help": "keep each stage's last checkpoint-N (optimizer state included) after its final model is saved; "
+                "by default a finished stage keeps only final/, whose trainer_state.json holds the training log"})
     seed: int = field(default=42, metadata={"help": "seed of data order, initialisation and the held-out split"})
     base_model_id: str | None = field(default=None, metadata={
         "help": "Hub id of --base, for the model cards (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)"})
@@ -269,6 +272,7 @@ class Pipeline:
         corpus = load_text_dataset(a.corpus)
         continue_pretraining(model, self.tokenizer, corpus, config, block_size=a.pretrain_block_size,
                              max_tokens=a.pretrain_tokens, text_field=a.corpus_field, teacher=teacher)
+        self._drop_checkpoints(out)
 
     def _finetune(self, model_path: str | Path, out: Path, train: Any, *, lr: float, teacher: Path | None,
                   row: Row) -> None:
@@ -285,6 +289,14 @@ class Pipeline:
                                     train_dataset=train, processing_class=self.tokenizer)
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
         save_trained_model(trainer, out / "final")
+        self._drop_checkpoints(out)
+
+    def _drop_checkpoints(self, out: Path) -> None:
+        """A finished stage's ``checkpoint-N`` folders only served resuming; they go unless ``keep_checkpoints``."""
+        if self.args.keep_checkpoints:
+            return
+        for checkpoint in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            shutil.rmtree(checkpoint)
 
     def row_options(self, row: Row) -> dict[str, Any]:
         """The ``DistillOptions`` of a row's fine-tuning: the run's, the row's own on top, and 0 for a term the row
@@ -317,20 +329,21 @@ class Pipeline:
         if not (trained / "config.json").is_file():
             logger.warning("%s is not trained yet (%s missing); its row stays empty", row.label, trained)
             return
+        # Deployed as bf16 (FP16-SFT) or packed; scored in float32, where scores do not depend on the batch size.
         if row.fp:
-            model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.bfloat16)
-            size = sum(p.numel() for p in model.parameters()) * 2
-            deployed = trained
+            deployed, dtype = trained, torch.bfloat16
         else:
-            deployed = self.out / name / "packed"
+            deployed, dtype = self.out / name / "packed", "auto"  # as stored: bf16 beside the packed weights
             if not (deployed / "config.json").is_file():
                 packed = pack_bitnet(AutoModelForCausalLM.from_pretrained(trained))
                 save_checkpoint(packed, deployed, tokenizer=self.tokenizer, overwrite=True)
                 del packed
-            model = AutoModelForCausalLM.from_pretrained(deployed)
-            size = sum(f.stat().st_size for f in deployed.glob("*.safetensors"))
+        model = AutoModelForCausalLM.from_pretrained(deployed, dtype=torch.float32)
         result = evaluate_model(model, self.tokenizer, self.task, self.splits.eval, batch_size=a.eval_batch_size,
                                 method=a.eval_method, max_new_tokens=a.max_new_tokens)
+        model = AutoModelForCausalLM.from_pretrained(deployed, dtype=dtype)
+        size = (sum(p.numel() for p in model.parameters()) * 2 if row.fp
+                else sum(f.stat().st_size for f in deployed.glob("*.safetensors")))
         speed = decode_speed(model, self.tokenizer, self.task.prompt(self.splits.eval[0], self.tokenizer))
         entry = {"row": name, "method": row.label, **result.to_dict(), "size_bytes": size,
                  "decode_tokens_per_second": speed, "model": str(deployed), "weights": "bf16" if row.fp else "ternary"}

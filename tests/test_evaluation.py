@@ -33,6 +33,32 @@ def test_label_scoring_in_batches_equals_one_example_at_a_time():
     assert tok.padding_side == "right"  # restored
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["bitnet", "packed"])
+def test_ternary_scores_do_not_depend_on_the_batch_size(packed):
+    """A ternary model amplifies float differences (an int8 activation rounding tie flips, 30 layers carry it on):
+    with SDPA and shifted positions, left-padded batches scored differently from one prompt at a time. In float32
+    the scores of every batch size are now those of the prompt alone (eager attention), to float rounding."""
+    from bitnet_hf import convert_to_bitnet, pack_bitnet
+
+    tok, task = tiny_chat_tokenizer(), get_task("sst2")
+    model = convert_to_bitnet(tiny_model("llama"), subln="paper")
+    model.set_attn_implementation("eager")
+    if packed:
+        model = pack_bitnet(model, dtype=torch.float32)
+    data = Dataset.from_list([{"sentence": " ".join(["so"] * n) + " good", "label": n % 2} for n in range(0, 40, 3)])
+    ids = task.label_token_ids(tok)
+    alone = []
+    for example in data:
+        batch = tok(task.prompt(example, tok), return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            alone.append(model(**batch).logits[0, -1, ids].tolist())
+    model.set_attn_implementation("sdpa")  # what from_pretrained gives; scoring runs eager, then restores it
+    for batch_size in (1, 4, len(data)):
+        result = evaluate_model(model, tok, task, data, batch_size=batch_size, progress=False)
+        assert torch.tensor(result.scores) == pytest.approx(torch.tensor(alone), abs=1e-5, rel=0)
+    assert model.config._attn_implementation == "sdpa"  # restored
+
+
 def test_generation_scoring_equals_greedy_generation():
     model, tok, task = tiny_model("llama"), tiny_chat_tokenizer(), get_task("sst2")
     data = sst2_data()

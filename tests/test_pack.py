@@ -112,3 +112,31 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(model, tmp_path / "fresh")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no partial folder, no temporary left
+
+
+KILLED_SAVE = """
+import os, signal, sys
+import transformers
+from bitnet_hf import convert_to_bitnet, save_checkpoint
+model = convert_to_bitnet(transformers.LlamaForCausalLM(transformers.LlamaConfig(
+    vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)))
+save_pretrained = type(model).save_pretrained
+def killed_midway(self, path, **kwargs):
+    save_pretrained(self, path, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # weights written, tokenizer and rename not done
+type(model).save_pretrained = killed_midway
+save_checkpoint(model, sys.argv[1])
+"""
+
+
+def test_a_save_killed_midway_leaves_nothing_the_next_save_keeps(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ckpt"
+    killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(out)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [".ckpt.tmp"]  # the kill's leftover
+    (tmp_path / ".ckpt.x1y2.tmp").mkdir()  # what earlier versions' random temporary names left
+    save_checkpoint(convert_to_bitnet(tiny_model("llama")), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

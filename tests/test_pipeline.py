@@ -55,11 +55,13 @@ def test_every_row_is_trained_packed_and_evaluated(finished):
     # the rows were made as the table says: BitNet-SFT without SubLN, BitDistill with SubLN, pre-trained, distilled
     assert json.loads((out / "convert-none/config.json").read_text())["bitnet_subln"] == "none"
     assert json.loads((out / "convert-paper/config.json").read_text())["bitnet_subln"] == "paper"
-    pretrain_state = json.loads((out / "pretrain-paper/checkpoint-2/trainer_state.json").read_text())
+    # a finished stage keeps final/ (with its training log) and drops the checkpoints that only served resuming
+    assert not list(out.rglob("checkpoint-*")) and not list(out.rglob(".*.tmp"))
+    pretrain_state = json.loads((out / "pretrain-paper/final/trainer_state.json").read_text())
     assert pretrain_state["global_step"] == 2  # 512 tokens / (64-token blocks x 4) = 2 steps
-    distill_log = json.loads((out / "bitdistill/checkpoint-2/trainer_state.json").read_text())["log_history"]
+    distill_log = json.loads((out / "bitdistill/final/trainer_state.json").read_text())["log_history"]
     assert {"ce", "logits_kd", "attention_kd"} <= set(distill_log[0])
-    sft_log = json.loads((out / "bitnet_sft/checkpoint-2/trainer_state.json").read_text())["log_history"]
+    sft_log = json.loads((out / "bitnet_sft/final/trainer_state.json").read_text())["log_history"]
     assert "logits_kd" not in sft_log[0] and "ce" in sft_log[0]
     distill_args = json.loads((out / "bitdistill/final/training_args.json").read_text())
     assert (distill_args["logits_distill_weight"], distill_args["attention_distill_weight"]) == (10.0, 1e5)
@@ -101,29 +103,63 @@ def test_a_rerun_skips_finished_stages(finished, workspace, caplog):
     assert again["rows"] == results["rows"]
 
 
-def test_an_interrupted_fine_tuning_resumes_from_its_checkpoint(finished, workspace, caplog):
-    out, _ = finished
-    import shutil
+KILL_WHILE_SAVING = """
+import os, signal, sys
+from transformers import Trainer
+save_rng_state = Trainer._save_rng_state
+def kill_at_step_2(self, output_dir):  # weights and optimizer of checkpoint-2 are written, trainer_state.json is not
+    if self.state.global_step == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    save_rng_state(self, output_dir)
+Trainer._save_rng_state = kill_at_step_2
+from bitnet_hf.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
-    shutil.rmtree(out / "bitnet_sft" / "final")  # as if stopped after the last checkpoint, before the final save
-    (out / "eval" / "bitnet_sft.json").unlink()
-    assert (out / "bitnet_sft" / "checkpoint-2").is_dir()
-    # ...and killed while saving a later checkpoint: its weights are written, its trainer_state.json is not (the
-    # Trainer writes it last). That checkpoint is removed and the run resumes from checkpoint-2.
-    broken = out / "bitnet_sft" / "checkpoint-3"
-    shutil.copytree(out / "bitnet_sft" / "checkpoint-2", broken)
-    (broken / "trainer_state.json").unlink()
+
+def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_one_before(finished, workspace, tmp_path, caplog):
+    """A real SIGKILL in the middle of the Trainer's checkpoint save: the rerun removes the half-written
+    checkpoint-2, resumes from checkpoint-1 (no step redone), finishes, and drops the checkpoints."""
+    import shutil
+    import subprocess
+    import sys
+
+    done, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(done / "convert-none", out / "convert-none")  # the stage before, finished
+    args = ["pipeline", "--base", str(workspace / "base"), "--task", "sst2", "--output-dir", str(out),
+            "--data-dir", str(workspace / "sst2"), "--rows", "bitnet_sft", "--stages", "bitnet_sft", "--eval-size", "8",
+            "--steps", "3", "--batch-size", "4", "--max-length", "96", "--save-steps", "1", "--bf16", "False"]
+    killed = subprocess.run([sys.executable, "-c", KILL_WHILE_SAVING, *args], capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    broken = out / "bitnet_sft" / "checkpoint-2"
+    assert (broken / "model.safetensors").is_file() and not (broken / "trainer_state.json").exists()
+    assert (out / "bitnet_sft" / "checkpoint-1" / "trainer_state.json").is_file()
+    assert not (out / "bitnet_sft" / "final").exists()
     transformers.logging.enable_propagation()
     try:
         with caplog.at_level(logging.INFO, logger="transformers.trainer"):
-            results = Pipeline(arguments(workspace, out, stages=["bitnet_sft", "evaluate"])).run()
+            Pipeline(arguments(workspace, out, rows=["bitnet_sft"], stages=["bitnet_sft"], steps=3)).run()
     finally:
         transformers.logging.disable_propagation()
-    assert (out / "bitnet_sft" / "final" / "model.safetensors").is_file()
     assert any(f"{broken} was not saved whole" in r.getMessage() for r in caplog.records)
-    assert any("Resuming training from checkpoint with epoch" in r.message and "global step 2" in r.message
-               for r in caplog.records)  # resumed at step 2, no step redone
-    assert [r["row"] for r in results["rows"]] == ["fp16_sft", "bitnet_sft", "bitdistill"]
+    assert any("Resuming training from checkpoint with epoch" in r.message and "global step 1" in r.message
+               for r in caplog.records)  # resumed at step 1, no step redone
+    final = out / "bitnet_sft" / "final"
+    assert (final / "model.safetensors").is_file()
+    assert json.loads((final / "trainer_state.json").read_text())["global_step"] == 3
+    assert not list((out / "bitnet_sft").glob("checkpoint-*"))
+
+
+def test_keep_checkpoints_keeps_the_last_resume_point(finished, workspace, tmp_path):
+    done, _ = finished
+    out = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(done / "convert-none", out / "convert-none")
+    Pipeline(arguments(workspace, out, rows=["bitnet_sft"], stages=["bitnet_sft"], keep_checkpoints=True)).run()
+    assert sorted(p.name for p in (out / "bitnet_sft").iterdir()) == ["checkpoint-2", "final"]
 
 
 def test_ablation_rows_are_defined_by_what_they_leave_out():
@@ -161,7 +197,7 @@ def test_a_row_with_stage_2_options_pretrains_in_its_own_folder(workspace, tmp_p
     args = arguments(workspace, out, rows=["fp16_sft", "pretrain_kd_warmup"], stages=["convert", "pretrain"])
     Pipeline(args).run()
     assert not (out / "pretrain-paper").exists()
-    state = json.loads((out / "pretrain-paper-pretrain_kd_warmup/checkpoint-2/trainer_state.json").read_text())
+    state = json.loads((out / "pretrain-paper-pretrain_kd_warmup/final/trainer_state.json").read_text())
     assert all(e["logits_kd"] >= 0 and "logits_kd_weighted" in e for e in state["log_history"] if "loss" in e)
     options = json.loads((out / "pretrain-paper-pretrain_kd_warmup/final/training_args.json").read_text())
     assert (options["logits_distill_weight"], options["quantization_warmup_steps"]) == (1.0, 0.5)

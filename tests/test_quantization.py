@@ -1,9 +1,11 @@
 import pytest
 import torch
+from transformers.integrations.bitnet import VALUES_PER_ITEM as transformers_values_per_item
 from transformers.integrations.bitnet import pack_weights, unpack_weights
 
 from bitnet_hf.models.quantization import (
     EPS,
+    VALUES_PER_ITEM,
     fake_quantize_activations,
     fake_quantize_weights,
     pack_ternary,
@@ -66,6 +68,7 @@ def test_packing_is_bit_for_bit_transformers_layout(rows):
     # transformers' unpack_weights is torch.compile'd; its plain function gives the same rows back
     theirs_unpacked = unpack_weights._torchdynamo_orig_callable(ours, torch.int8)
     assert torch.equal(theirs_unpacked[:rows], unpack_ternary(ours, rows))
+    assert VALUES_PER_ITEM == transformers_values_per_item
 
 
 def test_packing_layout_by_hand():

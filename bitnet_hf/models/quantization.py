@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from transformers.integrations.bitnet import VALUES_PER_ITEM, pack_weights
+
+VALUES_PER_ITEM = 4  # ternary values a packed byte holds (transformers.integrations.bitnet's, checked by the tests)
 
 EPS = 1e-5
 
@@ -95,6 +96,10 @@ def pack_ternary(q: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"pack_ternary expects a 2-D weight matrix, got shape {tuple(q.shape)}")
     if q.numel() and (q.min() < -1 or q.max() > 1):
         raise ValueError("pack_ternary expects values in {-1, 0, 1}; quantize the weights first")
+    # Imported here: transformers.integrations.bitnet imports torch's inductor (a second of start-up), which
+    # loading and running a packed model never need.
+    from transformers.integrations.bitnet import pack_weights
+
     # transformers' pack_weights adds 1 to its argument in place: give it a copy of its own.
     return pack_weights(q.to(torch.int16).clone())
 
