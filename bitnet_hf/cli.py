@@ -30,6 +30,7 @@ class PretrainArguments:
     streaming: bool = field(default=False, metadata={"help": "read the corpus lazily (large corpora)"})
     block_size: int = field(default=512, metadata={"help": "tokens per packed training sequence"})
     max_tokens: int | None = field(default=None, metadata={"help": "token budget; sets max_steps"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a finished model in OUTPUT_DIR/final"})
 
 
 @dataclass
@@ -43,6 +44,7 @@ class DistillArguments:
     eval_file: str | None = field(default=None, metadata={"help": "held-out examples, same format"})
     prompt_field: str = field(default="prompt", metadata={"help": "column holding the prompt"})
     completion_field: str = field(default="completion", metadata={"help": "column holding the answer"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a finished model in OUTPUT_DIR/final"})
 
 
 # Commands whose options are dataclass fields, parsed by transformers' HfArgumentParser (so every
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"convert": _convert, "pack": _pack, "generate": _generate, "bench": _bench, "evaluate": _evaluate,
                 "demo": _demo, "push": _push}[args.command](args)
-    except (ValueError, FileExistsError, FileNotFoundError, TypeError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, PermissionError, TypeError) as error:
         print(f"bitnet-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
 
@@ -171,7 +173,7 @@ def _hf_command(command: str, argv: list[str]) -> int:
         if command == "pipeline":
             return _pipeline(parsed[0], ["bitnet-hf", command, *argv])
         return (_pretrain if command == "pretrain" else _distill)(*parsed)
-    except (ValueError, FileExistsError, FileNotFoundError, TypeError, FloatingPointError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, PermissionError, TypeError, FloatingPointError) as error:
         print(f"bitnet-hf {command}: error: {error}", file=sys.stderr)
         return 2
 
@@ -183,9 +185,8 @@ def _pretrain(args: PretrainArguments, train_args) -> int:  # noqa: ANN001 - Pre
     from .distill.trainer import load_for_training
     from .pretrain import continue_pretraining
 
-    _require_checkpoint(Path(args.model))
-    if args.teacher is not None:
-        _require_checkpoint(Path(args.teacher))
+    _check_training(args.model, args.teacher, train_args.output_dir,
+                    args.overwrite or train_args.resume_from_checkpoint is not None)
     corpus = load_text_dataset(args.corpus, name=args.dataset_config, split=args.split, streaming=args.streaming)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = load_for_training(args.model, train_args)
@@ -202,9 +203,8 @@ def _distill(args: DistillArguments, config) -> int:  # noqa: ANN001 - BitDistil
     from .data import load_text_dataset, require_columns
     from .distill import BitDistillTrainer
 
-    _require_checkpoint(Path(args.model))
-    if args.teacher is not None:
-        _require_checkpoint(Path(args.teacher))
+    _check_training(args.model, args.teacher, config.output_dir,
+                    args.overwrite or config.resume_from_checkpoint is not None)
     datasets = {}
     for split, path in (("train", args.train_file), ("eval", args.eval_file)):
         if path is None:
@@ -221,6 +221,31 @@ def _distill(args: DistillArguments, config) -> int:  # noqa: ANN001 - BitDistil
     save_trained_model(trainer, Path(config.output_dir) / "final")
     _summary(trainer, "distilled")
     return 0
+
+
+def _check_training(model: str, teacher: str | None, output_dir: str, replace: bool) -> None:
+    """What ``distill`` and ``pretrain`` check before loading anything: a BitNet training checkpoint with its
+    tokenizer, a readable teacher with the student's vocabulary, an output folder that can be written and holds no
+    finished model unless ``replace`` (``--overwrite``, or ``--resume-from-checkpoint``: the run goes on)."""
+    from .checks import check_checkpoint, check_output_folder, check_tokenizer, check_trainable
+
+    student = check_trainable(model, "--model")
+    check_tokenizer(model, "--model")
+    if teacher is not None:
+        teacher_config = check_checkpoint(teacher, "--teacher")
+        sizes = (_vocab_size(student), _vocab_size(teacher_config))
+        if sizes[0] != sizes[1]:
+            raise ValueError(f"--teacher {teacher} has a vocabulary of {sizes[1]} tokens and --model {model} one of "
+                             f"{sizes[0]}; distillation compares their logits token by token: pick a teacher of the "
+                             "student's family (the model it was converted from is one)")
+    out = check_output_folder(output_dir, "--output-dir")
+    if (out / "final" / "config.json").is_file() and not replace:
+        raise FileExistsError(f"--output-dir {out} already holds a finished model ({out / 'final'}); pass --overwrite "
+                              "to replace it, or choose another --output-dir")
+
+
+def _vocab_size(config: dict) -> int | None:
+    return config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
 
 
 def _pipeline(args, command: list[str]) -> int:  # noqa: ANN001 - PipelineArguments, imported lazily
@@ -242,12 +267,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .checks import check_checkpoint, check_output_folder, check_tokenizer
     from .evaluation import evaluate_model
     from .tasks import get_task
     from .tasks.base import parse_columns
 
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or (
+            args.max_new_tokens is not None and args.max_new_tokens < 1):
+        raise ValueError(f"--batch-size ({args.batch_size}), --limit ({args.limit}) and --max-new-tokens "
+                         f"({args.max_new_tokens}) must be >= 1 where given")
+    if args.output is not None:
+        if args.output.is_dir():
+            raise FileExistsError(f"--output {args.output} is a folder; give a file path for the metrics")
+        check_output_folder(args.output.parent, "--output's folder")
     task = get_task(args.task)
-    _require_checkpoint(Path(args.model))
+    check_checkpoint(args.model, "--model")
+    check_tokenizer(args.model, "--model")
     data = task.load(args.split or task.eval_split, data_dir=args.data_dir, columns=parse_columns(args.columns))
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data))))
@@ -259,7 +294,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{task.name} ({result.examples} examples): {metrics}; {result.tokens_per_second:.1f} tokens/s, "
           f"{result.seconds:.1f} s")
     if args.output is not None:
-        args.output.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        tmp = args.output.with_name(f".{args.output.name}.tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        tmp.replace(args.output)
     return 0
 
 
@@ -284,16 +321,17 @@ def _convert(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
 
+    from .checks import check_checkpoint, check_output_folder
     from .convert import check_output_dir, convert_to_bitnet, save_checkpoint
     from .models.layers import BitLinear
 
-    _require_checkpoint(Path(args.src))
-    check_output_dir(args.out, args.overwrite)
     if args.calibration_samples < 1 or args.max_length < 1:
         raise ValueError(f"--calibration-samples ({args.calibration_samples}) and --max-length ({args.max_length}) "
                          "must be >= 1")
     if args.calibration_data is not None and not args.calibration_data.exists():
         raise FileNotFoundError(f"--calibration-data {args.calibration_data} does not exist")
+    check_output_folder(check_output_dir(args.out, args.overwrite), "OUT")
+    check_checkpoint(args.src, "SRC")
     tokenizer = _tokenizer_or_none(args.src, AutoTokenizer)
     batches = None
     if args.calibration_data is not None:
@@ -315,10 +353,13 @@ def _pack(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .checks import check_checkpoint, check_output_folder
     from .convert import check_output_dir, pack_bitnet, save_checkpoint, size_report
 
-    _require_checkpoint(Path(args.src))
-    check_output_dir(args.out, args.overwrite)
+    check_output_folder(check_output_dir(args.out, args.overwrite), "OUT")
+    config = check_checkpoint(args.src, "SRC")
+    if config.get("bitnet_packed"):
+        raise ValueError(f"SRC {args.src} is already packed; give the training checkpoint it was packed from")
     model = AutoModelForCausalLM.from_pretrained(args.src, dtype=torch.float32)
     packed = pack_bitnet(model, dtype=getattr(torch, args.dtype))
     out = save_checkpoint(packed, args.out, tokenizer=_tokenizer_or_none(args.src, AutoTokenizer),
@@ -336,7 +377,12 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _require_checkpoint(Path(args.model))
+    from .checks import check_checkpoint, check_tokenizer
+
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens ({args.max_new_tokens}) must be >= 1")
+    check_checkpoint(args.model, "MODEL")
+    check_tokenizer(args.model, "MODEL")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     if args.chat:
@@ -372,10 +418,12 @@ def _add_bench_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpars
 def _bench(args: argparse.Namespace) -> int:
     from .bench import report, run
 
-    if args.checkpoint is not None:
-        _require_checkpoint(Path(args.checkpoint))
     if min(args.prompt_tokens, args.new_tokens, args.threads, args.rounds) < 1 or args.new_tokens < 2:
         raise ValueError("--prompt-tokens, --threads and --rounds must be >= 1 and --new-tokens >= 2")
+    if args.checkpoint is not None:
+        from .checks import check_checkpoint
+
+        check_checkpoint(args.checkpoint, "--checkpoint")
     variants = None if args.variants is None else [v.strip() for v in args.variants.split(",")]
     result = run(args.checkpoint, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, threads=args.threads,
                  rounds=args.rounds, variants=variants, profile=args.profile)
@@ -402,11 +450,6 @@ def _push(args: argparse.Namespace) -> int:
         what = "model card" if path == Path(CARD_FILE) else f"{(folder / path).stat().st_size / 2**20:.2f} MiB"
         print(f"  {path.as_posix():40} {what}")
     return 0
-
-
-def _require_checkpoint(path: Path) -> None:
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint folder (no config.json)")
 
 
 def _tokenizer_or_none(path: str, auto_tokenizer):  # noqa: ANN001, ANN202 - AutoTokenizer is imported lazily

@@ -182,7 +182,8 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another output path")
     if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; choose another output path or pass overwrite")
+        raise FileExistsError(f"{path} exists and is not empty; choose another output path or pass --overwrite "
+                              "(overwrite=True in Python)")
     return path
 
 

@@ -41,6 +41,9 @@ def load_text_dataset(source: str | Path, *, name: str | None = None, split: str
         raise ValueError(f"{source}: cannot read {sorted(suffixes)} files; use one of {sorted(_BUILDERS)}")
     if len(builders) > 1:
         raise ValueError(f"{source} mixes file kinds {sorted(suffixes)}; give one kind at a time")
+    empty = [str(p) for p in files if p.stat().st_size == 0]
+    if empty:  # datasets' builders fail on them with a bare StopIteration
+        raise ValueError(f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty; give files with data")
     builder = builders.pop()
     kwargs: dict[str, Any] = {"delimiter": "\t"} if suffixes == {".tsv"} else {}
     return load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=streaming, **kwargs)

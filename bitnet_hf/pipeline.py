@@ -35,6 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from .checks import check_checkpoint, check_output_folder, check_tokenizer
 from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
 from .data import load_text_dataset, require_columns
 from .distill import BitDistillConfig, BitDistillTrainer
@@ -189,12 +190,16 @@ class Pipeline:
 
     def prepare(self) -> None:
         a = self.args
-        if not (Path(a.base) / "config.json").is_file():
-            raise FileNotFoundError(f"--base {a.base} is not a checkpoint folder (no config.json)")
+        check_output_folder(self.out, "--output-dir")
+        base = check_checkpoint(a.base, "--base")
+        check_tokenizer(a.base, "--base")
         self.tokenizer = AutoTokenizer.from_pretrained(a.base)
         if a.teacher_base is not None:
-            if not (Path(a.teacher_base) / "config.json").is_file():
-                raise FileNotFoundError(f"--teacher-base {a.teacher_base} is not a checkpoint folder")
+            teacher = check_checkpoint(a.teacher_base, "--teacher-base")
+            if teacher.get("vocab_size") != base.get("vocab_size"):
+                raise ValueError(f"--teacher-base {a.teacher_base} has a vocabulary of {teacher.get('vocab_size')} "
+                                 f"tokens and --base {a.base} one of {base.get('vocab_size')}; distillation compares "
+                                 "their logits token by token: pick a teacher of the student's family")
             teacher_vocab = AutoTokenizer.from_pretrained(a.teacher_base).get_vocab()
             if teacher_vocab != self.tokenizer.get_vocab():
                 raise ValueError(f"the teacher's tokenizer ({a.teacher_base}, {len(teacher_vocab)} tokens) differs "

@@ -145,7 +145,7 @@ def test_pretrain_cli_resumes_from_its_checkpoint(tmp_path, capsys):
                  str(tmp_path / "pt" / "checkpoint-2")]) == 0
     out = capsys.readouterr().out
     assert "pre-trained for 4 steps" in out and str(tmp_path / "pt" / "final") in out
-    assert main(["pretrain", *common, "--corpus", str(tmp_path / "nothing.txt")]) == 2
+    assert main(["pretrain", *common, "--corpus", str(tmp_path / "nothing.txt"), "--overwrite"]) == 2
     assert "nothing.txt does not exist" in capsys.readouterr().err
 
 

@@ -118,9 +118,26 @@ class BitNetModelMixin:
         makes the head's quantized copy and maps the full-precision embedding/head matrix from the safetensors file
         (copy-on-write, read-only use) instead of holding it in RAM. The embedding reads the rows it looks up from
         the file (``FileRowsEmbedding``), so only those enter memory; gradients and ``save_pretrained`` still see
-        the exact stored matrix (saving first copies it into RAM, so overwriting the very file it maps is safe)."""
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        the exact stored matrix (saving first copies it into RAM, so overwriting the very file it maps is safe).
+
+        Unlike transformers' default, weights of the checkpoint's model that the file lacks (a layer ``config.json``
+        declares but the weights do not hold), or weights it holds that the model has no place for, are an error, not
+        a warning with random initialisation: a BitNet checkpoint holds exactly its model. Only the head a task class
+        adds (``score`` of ``...ForSequenceClassification``) may start fresh."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        new_head = {name for name, _ in model.named_children()} - {model.base_model_prefix, "lm_head"}
+        if model.base_model is model:
+            new_head = set()
+        missing = sorted(k for k in info.get("missing_keys", ()) if k.split(".")[0] not in new_head)
+        unexpected = sorted(info.get("unexpected_keys", ()))
+        mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ()))
+        if missing or unexpected or mismatched:
+            found = "; ".join(f"{what} {_first(keys)}" for what, keys in (
+                ("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if keys)
+            raise ValueError(f"{pretrained_model_name_or_path}: the weights do not match config.json ({found}); the "
+                             "checkpoint is damaged or its config.json was edited: save the model again")
+        loaded = (model, info) if wants_info else model
         head = getattr(model, "lm_head", None)
         if isinstance(head, QuantizedLMHead) and head.weight.device.type == "cpu":
             options = {k: kwargs[k] for k in ("subfolder", "revision", "cache_dir") if kwargs.get(k) is not None}
@@ -175,6 +192,10 @@ class BitNetModelMixin:
         except ImportError:
             return super().push_to_hub(repo_id, **kwargs)
         return push_model(self, repo_id, **kwargs)
+
+
+def _first(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}

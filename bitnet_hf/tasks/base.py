@@ -73,9 +73,15 @@ class Task:
         return dataset
 
     def check(self, dataset: Dataset, source: str) -> None:
-        """Raise on examples this task cannot use (``source`` names them in the message)."""
+        """Raise on examples this task cannot use (``source`` names them in the message): none at all, or an input
+        that is not text (null, a number, blank)."""
         if len(dataset) == 0:
             raise ValueError(f"{source} holds no examples")
+        for column in self.inputs:
+            for row, value in enumerate(dataset[column]):
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"{source}, row {row}: column {column!r} is {value!r}, not text; remove the row "
+                                     "or fill it in")
 
     # ---- formatting ----
 
@@ -133,6 +139,9 @@ class ClassificationTask(Task):
         return (*self.inputs, self.label_column)
 
     def check(self, dataset: Dataset, source: str) -> None:
+        """As ``Task.check``, and every label is an index into ``labels`` or one of the label words. Booleans are
+        indices (``false`` 0, ``true`` 1), as in Python: a ``true``/``false`` column of a two-label task is read as
+        0/1."""
         super().check(dataset, source)
         for row, value in enumerate(dataset[self.label_column]):
             if not (isinstance(value, int) and 0 <= value < len(self.labels)) and value not in self.labels:
@@ -177,10 +186,10 @@ class SummarizationTask(Task):
 
     def check(self, dataset: Dataset, source: str) -> None:
         super().check(dataset, source)
-        for column in self.columns:
-            for row, value in enumerate(dataset[column]):
-                if not isinstance(value, str) or not value.strip():
-                    raise ValueError(f"{source}, row {row}: column {column!r} is {value!r}, not text")
+        for row, value in enumerate(dataset[self.target]):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{source}, row {row}: column {self.target!r} is {value!r}, not text; remove the row "
+                                 "or fill it in")
 
     def prompt(self, example: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> str:
         document = self.inputs[0]
