@@ -95,6 +95,11 @@ ROWS: dict[str, Row] = {
     "kd_all_tokens": Row("BitDistill + logits KD on all tokens", options=(("logits_distill_tokens", "all"),)),
     "cosine": Row("BitDistill, cosine relations (authors' code)", options=(("relation_kind", "cosine"),)),
     "hidden_kd": Row("BitDistill + hidden-state KD", options=(("hidden_distill_weight", 1.0),)),
+    # What recovers the accuracy at our budget (README, "Recovering the accuracy"): quantization warm-up over the
+    # first sixth of fine-tuning and logits KD on the answer; no relation KD (its gradient drowned the task's) and no
+    # stage 2 (a few hundred thousand tokens of it left the fine-tuning at chance).
+    "recipe": Row("BitDistill recipe (warm-up, logits KD)", pretrain=False, attention=False,
+                  options=(("quantization_warmup_steps", 1 / 6),)),
     "pretrain_kd_warmup": Row("BitDistill + stage 2 with logits KD and warm-up", pretrain_options=(
         ("logits_distill_weight", 1.0), ("quantization_warmup_steps", 0.5))),
 }
@@ -127,6 +132,8 @@ class PipelineArguments(DistillOptions):
     stages: list[str] = field(default_factory=lambda: list(STAGES), metadata={
         "help": f"stages to run, from {', '.join(STAGES)} (finished ones are skipped anyway)"})
     steps: int = field(default=150, metadata={"help": "optimizer steps of each task fine-tuning"})
+    teacher_steps: int | None = field(default=None, metadata={
+        "help": "optimizer steps of the FP16-SFT fine-tuning (the teacher; default: --steps)"})
     batch_size: int = field(default=16, metadata={"help": "task examples per step"})
     fp_learning_rate: float = field(default=5e-5, metadata={"help": "learning rate of the FP16-SFT teacher"})
     bitnet_learning_rate: float = field(default=2e-4, metadata={"help": "learning rate of BitNet fine-tuning"})
@@ -163,8 +170,9 @@ class PipelineArguments(DistillOptions):
             raise ValueError("distilled rows need the teacher: keep fp16_sft in --rows")
         if any(ROWS[r].pretrain for r in self.rows) and self.corpus is None:
             raise ValueError("continued pre-training needs --corpus (a text file, folder, or Hub dataset name)")
-        for name in ("steps", "batch_size", "pretrain_tokens", "pretrain_block_size", "pretrain_batch_size"):
-            if getattr(self, name) < 1:
+        for name in ("steps", "teacher_steps", "batch_size", "pretrain_tokens", "pretrain_block_size",
+                     "pretrain_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         parse_columns(self.columns)
 
@@ -286,7 +294,8 @@ class Pipeline:
             logger.info("%s exists, skipping", out / "final")
             return
         config = BitDistillConfig(
-            max_steps=a.steps, per_device_train_batch_size=a.batch_size, learning_rate=lr,
+            max_steps=(a.teacher_steps or a.steps) if row.fp else a.steps, per_device_train_batch_size=a.batch_size,
+            learning_rate=lr,
             **self._training_arguments(out), **self.row_options(row), max_length=a.max_length,
             loss_tokens="completion")
         model = load_for_training(model_path, config)

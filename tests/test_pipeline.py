@@ -203,6 +203,21 @@ def test_a_row_with_stage_2_options_pretrains_in_its_own_folder(workspace, tmp_p
     assert (options["logits_distill_weight"], options["quantization_warmup_steps"]) == (1.0, 0.5)
 
 
+def test_the_recipe_row_fine_tunes_the_converted_model_with_warm_up_and_logits_kd(workspace, tmp_path):
+    out = tmp_path / "run"
+    args = arguments(workspace, out, rows=["fp16_sft", "recipe"], teacher_steps=1, steps=3, stages=["teacher",
+                     "convert", "pretrain", "distill"])
+    pipe = Pipeline(args)
+    options = pipe.row_options(ROWS["recipe"])
+    assert (options["logits_distill_weight"], options["attention_distill_weight"]) == (10.0, 0.0)
+    assert options["quantization_warmup_steps"] == pytest.approx(1 / 6)
+    pipe.run()
+    assert json.loads((out / "teacher/final/trainer_state.json").read_text())["global_step"] == 1
+    log = json.loads((out / "recipe/final/trainer_state.json").read_text())
+    assert log["global_step"] == 3 and "attention_kd" not in log["log_history"][0]
+    assert not list(out.glob("pretrain-*"))  # no stage 2
+
+
 def test_bad_input_stops_before_training(workspace, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown task 'sst5'; known tasks: cnndm, mnli, qnli, sst2"):
         arguments(workspace, tmp_path / "a", task="sst5")
