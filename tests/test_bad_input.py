@@ -86,8 +86,8 @@ def test_distill_and_pretrain_refuse_what_cannot_train(ckpt, tmp_path):
     distill = ("distill", "--train-file", ckpt / "train.jsonl", "--output-dir", tmp_path / "d", "--max-steps", "1")
     refused(cli(*distill, "--model", ckpt / "packed"), "packed deployment checkpoint", "training checkpoint")
     refused(cli(*distill, "--model", ckpt / "fp"), "full-precision checkpoint", "bitnet-hf convert")
-    refused(cli("pretrain", "--model", ckpt / "packed", "--corpus", ckpt / "corpus.txt", "--output-dir", tmp_path / "p"),
-            "packed deployment checkpoint")
+    refused(cli("pretrain", "--model", ckpt / "packed", "--corpus", ckpt / "corpus.txt",
+                "--output-dir", tmp_path / "p"), "packed deployment checkpoint")
     refused(cli(*distill, "--model", ckpt / "bitnet", "--teacher", ckpt / "other_vocab"),
             "has a vocabulary of", "pick a teacher of the student's family")
     refused(cli(*distill[:-1], "0", "--model", ckpt / "bitnet"), "max_steps")
@@ -97,8 +97,8 @@ def test_distill_and_pretrain_refuse_what_cannot_train(ckpt, tmp_path):
 def test_output_paths_are_checked_first(ckpt, tmp_path):
     refused(cli("distill", "--model", ckpt / "bitnet", "--train-file", ckpt / "train.jsonl",
                 "--output-dir", ckpt / "a_file", "--max-steps", "1"), "is a file")
-    refused(cli("pretrain", "--model", ckpt / "bitnet", "--corpus", ckpt / "corpus.txt", "--output-dir", ckpt / "a_file"),
-            "is a file")
+    refused(cli("pretrain", "--model", ckpt / "bitnet", "--corpus", ckpt / "corpus.txt",
+                "--output-dir", ckpt / "a_file"), "is a file")
     taken = tmp_path / "taken"
     (taken / "final").mkdir(parents=True)
     shutil.copy(ckpt / "bitnet" / "config.json", taken / "final" / "config.json")
@@ -143,8 +143,8 @@ def test_generate_without_a_tokenizer(ckpt):
 
 
 def test_a_bad_flag_answers_without_importing_training(tmp_path):
-    probe = ("import sys\nfrom bitnet_hf.cli import main\ntry:\n    main(['convert', '--bogus'])\nexcept SystemExit as e:\n"
-             "    print(e.code, sorted(m for m in ('datasets', 'transformers.trainer') "
+    probe = ("import sys\nfrom bitnet_hf.cli import main\ntry:\n    main(['convert', '--bogus'])\n"
+             "except SystemExit as e:\n    print(e.code, sorted(m for m in ('datasets', 'transformers.trainer') "
              "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert out.stdout.split("\n")[0] == "2 []", out.stdout + out.stderr[-2000:]
@@ -153,7 +153,8 @@ def test_a_bad_flag_answers_without_importing_training(tmp_path):
 def test_boolean_labels_are_indices(tmp_path):
     from bitnet_hf.tasks import get_task
 
-    (tmp_path / "validation.jsonl").write_text('{"sentence": "good", "label": true}\n{"sentence": "bad", "label": false}\n')
+    (tmp_path / "validation.jsonl").write_text('{"sentence": "good", "label": true}\n'
+                                               '{"sentence": "bad", "label": false}\n')
     task = get_task("sst2")
     data = task.load("validation", data_dir=tmp_path)
     assert [task.labels[task.label_index(e)] for e in data] == [task.labels[1], task.labels[0]]
