@@ -140,3 +140,24 @@ def test_a_save_killed_midway_leaves_nothing_the_next_save_keeps(tmp_path):
     (tmp_path / ".ckpt.x1y2.tmp").mkdir()  # what earlier versions' random temporary names left
     save_checkpoint(convert_to_bitnet(tiny_model("llama")), out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+SERVE = """
+import sys, torch, bitnet_hf
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+tokens = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+print(tokens.shape[1], sorted(m for m in ("transformers.trainer", "datasets", "bitnet_hf.convert",
+                                          "bitnet_hf.distill") if m in sys.modules))
+"""
+
+
+def test_serving_a_packed_model_imports_no_training_code(tmp_path):
+    """A process that loads and runs a packed model does not pay for the Trainer, datasets or our training code."""
+    import subprocess
+    import sys
+
+    save_checkpoint(pack_bitnet(convert_to_bitnet(tiny_model("llama"))), tmp_path / "packed")
+    out = subprocess.run([sys.executable, "-c", SERVE, str(tmp_path / "packed")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.stdout.strip().split("\n")[-1] == "7 []", out.stdout + out.stderr[-2000:]
