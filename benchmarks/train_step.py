@@ -4,7 +4,9 @@ fused AdamW as the Trainer uses), for ways of running the same math, timed in tu
     python benchmarks/train_step.py [--rounds 3] [--batch 16]
 
 Variants: the attention implementation the model loads with (sdpa: PyTorch's CPU flash kernel; eager: plain
-matmuls and softmax); each prints its median seconds per step and its ratio to the first.
+matmuls and softmax), and whether the head computes logits at every position or only where a label is predicted
+(``logits_to_keep``, what ``BitDistillTrainer`` does unless logits KD covers every token); each prints its median
+seconds per step and its ratio to the first.
 """
 
 from __future__ import annotations
@@ -39,32 +41,38 @@ def main() -> None:
     print(f"batch: {args.batch} examples, {int(batch['attention_mask'].sum())} tokens")
 
     models = {}
-    for attention in ("sdpa", "eager"):
+    for attention, keep in (("sdpa", False), ("eager", False), ("eager", True)):
         model = convert_to_bitnet(base).train()
         model.config._attn_implementation = attention
-        models[attention] = (model, torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True))
+        models[f"{attention}{', label positions' if keep else ''}"] = (
+            model, torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True), keep)
 
-    def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, keep: bool) -> float:
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         target = batch["labels"][:, 1:]
         counted = target.ne(-100)
+        positions = counted.any(0).nonzero().squeeze(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        **({"logits_to_keep": positions} if keep else {}))
+        logits = out.logits if keep else out.logits[:, :-1]
+        if keep:
+            target, counted = target[:, positions], counted[:, positions]
         torch.nn.functional.cross_entropy(logits[counted].float(), target[counted]).backward()
         optimizer.step()
         optimizer.zero_grad()
         return time.perf_counter() - start
 
     times: dict[str, list[float]] = {name: [] for name in models}
-    for name, pair in models.items():
-        step(*pair)  # warm-up
+    for name, spec in models.items():
+        step(*spec)  # warm-up
     for _ in range(args.rounds):
-        for name, pair in models.items():
-            times[name].append(step(*pair))
+        for name, spec in models.items():
+            times[name].append(step(*spec))
     first = statistics.median(next(iter(times.values())))
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:8s} {median:6.2f} s/step  x{median / first:.2f}  [{min(values):.2f}-{max(values):.2f}]")
+        print(f"{name:24s} {median:6.2f} s/step  x{median / first:.2f}  [{min(values):.2f}-{max(values):.2f}]")
 
 
 if __name__ == "__main__":

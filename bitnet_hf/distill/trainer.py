@@ -223,20 +223,28 @@ class BitDistillTrainer(Trainer):
 
         student_capture = self._captures[0] if self._captures else contextlib.nullcontext()
         hidden = self.teacher is not None and args.hidden_distill_weight > 0
-        with student_capture:
-            outputs = model(**model_inputs, **({"output_hidden_states": True} if hidden else {}))
+        every = self.teacher is not None and args.logits_distill_weight > 0 and args.logits_distill_tokens == "all"
+        # Logits only where a term reads them: the positions that predict a label (the answer tokens of a
+        # prompt/completion batch, a few of each row), unless logits KD covers every token. The head's matmul and
+        # the vocabulary-wide tensors of the other positions were a fifth of an SST-2 step's work, for nothing.
         target = labels[:, 1:]
         counted = target.ne(-100)
-        logits = outputs.logits[:, :-1]
+        positions = None if every else counted.any(0).nonzero().squeeze(1)
+        extra = {"output_hidden_states": True} if hidden else {}
+        if positions is not None:
+            extra["logits_to_keep"] = positions
+            target, counted = target[:, positions], counted[:, positions]
+        with student_capture:
+            outputs = model(**model_inputs, **extra)
+        logits = outputs.logits if positions is not None else outputs.logits[:, :-1]
         terms = {"ce": F.cross_entropy(logits[counted].float(), target[counted], reduction="sum") / counts.labels}
 
         if self.teacher is not None:
             teacher_capture = self._captures[1] if self._captures else contextlib.nullcontext()
             with torch.no_grad(), teacher_capture:
-                teacher_outputs = self.teacher(**model_inputs, **({"output_hidden_states": True} if hidden else {}))
-            teacher_logits = teacher_outputs.logits[:, :-1]
+                teacher_outputs = self.teacher(**model_inputs, **extra)
             if args.logits_distill_weight > 0:
-                every = args.logits_distill_tokens == "all"
+                teacher_logits = teacher_outputs.logits if positions is not None else teacher_outputs.logits[:, :-1]
                 terms["logits_kd"] = logits_distillation(
                     logits, teacher_logits, _followed_by_real(attention_mask) if every else counted,
                     temperature=args.distill_temperature, normalizer=counts.next if every else counts.labels)
