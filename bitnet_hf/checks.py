@@ -1,6 +1,6 @@
 """Checks of what a command is given, run before any model is loaded or anything is written: each failure is a
-``ValueError`` / ``FileNotFoundError`` / ``FileExistsError`` whose message names the problem and the fix (the CLI
-prints it and exits with status 2)."""
+``ValueError`` / ``FileNotFoundError`` / ``FileExistsError`` / ``PermissionError`` whose message names the problem
+and the fix (the CLI prints it and exits with status 2)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,11 @@ def check_checkpoint(path: str | os.PathLike, what: str = "the checkpoint") -> d
                                 "save_pretrained, whose default is safetensors")
     index = folder / SAFE_WEIGHTS_INDEX_NAME
     if index.is_file():
-        missing = sorted(set(json.loads(index.read_text())["weight_map"].values()) - {w.name for w in weights})
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{index} is not a valid safetensors index ({error!r}); save the checkpoint again") from None
+        missing = sorted(shards - {w.name for w in weights})
         if missing:
             raise FileNotFoundError(f"{folder} lacks the weight files {missing} that {index.name} names")
     for file in weights:
@@ -70,6 +74,20 @@ def check_trainable(path: str | os.PathLike, what: str = "the student") -> dict[
         raise ValueError(f"{what} {path} is a packed deployment checkpoint, whose ternary weights cannot train; give "
                          "the training checkpoint it was packed from (bitnet-hf convert / pretrain / distill output)")
     return config
+
+
+def check_same_vocabulary(student: dict[str, Any], teacher: dict[str, Any], names: tuple[str, str]) -> None:
+    """Distillation compares logits token by token: the two configs (as ``check_checkpoint`` returns them) must have
+    embeddings of the same number of rows. ``names``: how to call the student and the teacher in the message."""
+    sizes = _vocab_size(student), _vocab_size(teacher)
+    if None in sizes or sizes[0] != sizes[1]:
+        raise ValueError(f"{names[1]} has {sizes[1]} embedding rows and {names[0]} {sizes[0]}; distillation compares "
+                         "their logits token by token: pick a teacher of the student's family and size class (the "
+                         "model it was converted from is one)")
+
+
+def _vocab_size(config: dict[str, Any]) -> int | None:
+    return config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
 
 
 def check_tokenizer(path: str | os.PathLike, what: str = "the checkpoint") -> None:

@@ -228,25 +228,18 @@ def _check_training(model: str, teacher: str | None, output_dir: str, replace: b
     """What ``distill`` and ``pretrain`` check before loading anything: a BitNet training checkpoint with its
     tokenizer, a readable teacher with the student's vocabulary, an output folder that can be written and holds no
     finished model unless ``replace`` (``--overwrite``, or ``--resume-from-checkpoint``: the run goes on)."""
-    from .checks import check_checkpoint, check_output_folder, check_tokenizer, check_trainable
+    from .checks import (check_checkpoint, check_output_folder, check_same_vocabulary, check_tokenizer,
+                         check_trainable)
 
     student = check_trainable(model, "--model")
     check_tokenizer(model, "--model")
     if teacher is not None:
-        teacher_config = check_checkpoint(teacher, "--teacher")
-        sizes = (_vocab_size(student), _vocab_size(teacher_config))
-        if sizes[0] != sizes[1]:
-            raise ValueError(f"--teacher {teacher} has a vocabulary of {sizes[1]} tokens and --model {model} one of "
-                             f"{sizes[0]}; distillation compares their logits token by token: pick a teacher of the "
-                             "student's family (the model it was converted from is one)")
+        check_same_vocabulary(student, check_checkpoint(teacher, "--teacher"),
+                              (f"--model {model}", f"--teacher {teacher}"))
     out = check_output_folder(output_dir, "--output-dir")
     if (out / "final" / "config.json").is_file() and not replace:
         raise FileExistsError(f"--output-dir {out} already holds a finished model ({out / 'final'}); pass --overwrite "
                               "to replace it, or choose another --output-dir")
-
-
-def _vocab_size(config: dict) -> int | None:
-    return config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
 
 
 def _pipeline(args, command: list[str]) -> int:  # noqa: ANN001 - PipelineArguments, imported lazily
@@ -273,14 +266,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .tasks import get_task
     from .tasks.base import parse_columns
 
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or (
-            args.max_new_tokens is not None and args.max_new_tokens < 1):
-        raise ValueError(f"--batch-size ({args.batch_size}), --limit ({args.limit}) and --max-new-tokens "
-                         f"({args.max_new_tokens}) must be >= 1 where given")
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} ({value}) must be >= 1")
     if args.output is not None:
         if args.output.is_dir():
             raise FileExistsError(f"--output {args.output} is a folder; give a file path for the metrics")
         check_output_folder(args.output.parent, "--output's folder")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
     task = get_task(args.task)
     check_checkpoint(args.model, "--model")
     check_tokenizer(args.model, "--model")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -235,8 +236,9 @@ def _fresh_temporary(path: Path) -> Path:
     """``.<name>.tmp`` beside ``path``, where a save is written before it is renamed onto ``path``. What a killed
     earlier save left beside ``path`` (that folder, ``.<name>.old``, or the ``.<name>.<random>.tmp`` of earlier
     versions) is removed first, so an interrupted save costs no disk space for longer than until the next one."""
-    for stale in path.parent.glob(f".{path.name}.*"):
-        if stale.is_dir() and stale.suffix in (".tmp", ".old"):
+    leftover = re.compile(rf"\.{re.escape(path.name)}(\.[A-Za-z0-9_]{{8}})?\.(tmp|old)")
+    for stale in path.parent.iterdir():
+        if stale.is_dir() and leftover.fullmatch(stale.name):
             shutil.rmtree(stale)
     return path.with_name(f".{path.name}.tmp")
 

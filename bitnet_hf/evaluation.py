@@ -68,14 +68,14 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation and last-position scoring both want the prompt's end aligned
     attention = model.config._attn_implementation
-    if label_ids is not None and method == "score" and attention != "eager":
-        model.set_attn_implementation("eager")  # SDPA picks other kernels for padded batches: see the docstring
     special = not uses_chat_template(tokenizer)
     predictions: list[str] = []
     scores: list[list[float]] = []
     counted = 0
     start = time.perf_counter()
     try:
+        if label_ids is not None and method == "score" and attention != "eager":
+            model.set_attn_implementation("eager")  # SDPA picks other kernels for padded batches: see the docstring
         bar = tqdm(range(0, len(prompts), batch_size), desc=f"evaluating {task.name}", unit="batch",
                    disable=not progress)
         for i in bar:

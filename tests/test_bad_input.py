@@ -53,6 +53,8 @@ def ckpt(tmp_path_factory):
                                                                       if k != "model_type"}))
     (damaged("wrong_type") / "config.json").write_text(json.dumps({**config, "num_hidden_layers": "two"}))
     (damaged("more_layers") / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    (damaged("wrong_shape") / "config.json").write_text(json.dumps({**config, "intermediate_size": 2 * config[
+        "intermediate_size"]}))
     other = tiny_model("llama", vocab_size=tiny_model("llama").config.vocab_size + 8)
     other.save_pretrained(root / "other_vocab")
     tokenizer.save_pretrained(root / "other_vocab")
@@ -79,6 +81,8 @@ def test_damaged_checkpoints_are_named_before_loading(ckpt, tmp_path):
 def test_weights_that_disagree_with_the_config_are_an_error_not_random_layers(ckpt, tmp_path):
     refused(cli("pack", ckpt / "more_layers", tmp_path / "out"), "the weights do not match config.json",
             "missing model.layers.2.")
+    refused(cli("generate", ckpt / "wrong_shape", "--prompt", "hi"), "the weights do not match config.json",
+            "another shape")
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
 
 
@@ -89,12 +93,12 @@ def test_distill_and_pretrain_refuse_what_cannot_train(ckpt, tmp_path):
     refused(cli("pretrain", "--model", ckpt / "packed", "--corpus", ckpt / "corpus.txt",
                 "--output-dir", tmp_path / "p"), "packed deployment checkpoint")
     refused(cli(*distill, "--model", ckpt / "bitnet", "--teacher", ckpt / "other_vocab"),
-            "has a vocabulary of", "pick a teacher of the student's family")
+            "embedding rows", "pick a teacher of the student's family")
     refused(cli(*distill[:-1], "0", "--model", ckpt / "bitnet"), "max_steps")
     assert not (tmp_path / "d").exists() and not (tmp_path / "p").exists()
 
 
-def test_output_paths_are_checked_first(ckpt, tmp_path):
+def test_output_paths_are_checked_before_training(ckpt, tmp_path):
     refused(cli("distill", "--model", ckpt / "bitnet", "--train-file", ckpt / "train.jsonl",
                 "--output-dir", ckpt / "a_file", "--max-steps", "1"), "is a file")
     refused(cli("pretrain", "--model", ckpt / "bitnet", "--corpus", ckpt / "corpus.txt",
@@ -122,6 +126,21 @@ def test_unwritable_output_folders_are_refused_before_work(ckpt, tmp_path):
                     "--output", locked / "m.json"), "cannot write in")
     finally:
         locked.chmod(0o700)
+
+
+def test_unwritable_output_folders_are_refused_in_process(ckpt, tmp_path, monkeypatch, capsys):
+    """The same check as above where the tests run as root (which writes anywhere): the write probe fails."""
+    from bitnet_hf.cli import main
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "touch", refuse)
+    assert main(["convert", str(ckpt / "fp"), str(tmp_path / "out")]) == 2
+    assert "cannot write in" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["distill", "--model", str(ckpt / "bitnet"), "--train-file", str(ckpt / "train.jsonl"),
+                 "--output-dir", str(tmp_path / "d"), "--max-steps", "1"]) == 2
+    assert "--output-dir" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_evaluation_data_is_checked(ckpt):

@@ -238,3 +238,20 @@ def test_calibration_keeps_the_unquantized_model_closer_to_the_original(family):
         calibrated = convert_to_bitnet(fp, quantize=False, calibration_batches=batches)(x).logits
     err_plain, err_cal = (plain - ref).norm() / ref.norm(), (calibrated - ref).norm() / ref.norm()
     assert err_cal < 0.5 * err_plain, (err_plain.item(), err_cal.item())
+
+
+def test_loading_checks_the_weights_against_the_config(tmp_path):
+    """A BitNet checkpoint loads exactly its model: a layer the weights lack is an error (not random weights); a
+    task class may start its own head and leaves the causal LM's untied lm_head."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    model = bitnet_hf.convert_to_bitnet(tiny_model("qwen2"))
+    assert not model.config.tie_word_embeddings
+    bitnet_hf.save_checkpoint(model, tmp_path / "ckpt")
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ckpt", num_labels=2)
+    assert classifier.score.weight.shape[0] == 2
+    bitnet_hf.save_checkpoint(bitnet_hf.convert_to_bitnet(tiny_model("llama")), tmp_path / "llama")
+    config = json.loads((tmp_path / "llama" / "config.json").read_text())
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(ValueError, match="the weights do not match config.json .*missing model.layers.2"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "llama")

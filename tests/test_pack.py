@@ -137,7 +137,7 @@ def test_a_save_killed_midway_leaves_nothing_the_next_save_keeps(tmp_path):
     killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(out)], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [".ckpt.tmp"]  # the kill's leftover
-    (tmp_path / ".ckpt.x1y2.tmp").mkdir()  # what earlier versions' random temporary names left
+    (tmp_path / ".ckpt.x1y2_abc.tmp").mkdir()  # what earlier versions' random temporary names (mkdtemp) left
     save_checkpoint(convert_to_bitnet(tiny_model("llama")), out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 

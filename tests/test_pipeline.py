@@ -215,6 +215,9 @@ def test_the_recipe_row_fine_tunes_the_converted_model_with_warm_up_and_logits_k
     assert json.loads((out / "teacher/final/trainer_state.json").read_text())["global_step"] == 1
     log = json.loads((out / "recipe/final/trainer_state.json").read_text())
     assert log["global_step"] == 3 and "attention_kd" not in log["log_history"][0]
+    assert all(e["logits_kd"] >= 0 for e in log["log_history"] if "loss" in e)
+    options = json.loads((out / "recipe/final/training_args.json").read_text())
+    assert options["quantization_warmup_steps"] == pytest.approx(1 / 6) and options["attention_distill_weight"] == 0
     assert not list(out.glob("pretrain-*"))  # no stage 2
 
 

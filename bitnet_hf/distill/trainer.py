@@ -227,9 +227,10 @@ class BitDistillTrainer(Trainer):
         # Logits only where a term reads them: the positions that predict a label (the answer tokens of a
         # prompt/completion batch, a few of each row), unless logits KD covers every token. The head's matmul and
         # the vocabulary-wide tensors of the other positions were a fifth of an SST-2 step's work, for nothing.
+        # Every position when the outputs are returned (evaluation's ``compute_metrics`` aligns them with labels).
         target = labels[:, 1:]
         counted = target.ne(-100)
-        positions = None if every else counted.any(0).nonzero().squeeze(1)
+        positions = None if every or return_outputs else counted.any(0).nonzero().squeeze(1)
         extra = {"output_hidden_states": True} if hidden else {}
         if positions is not None:
             extra["logits_to_keep"] = positions

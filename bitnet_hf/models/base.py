@@ -121,17 +121,32 @@ class BitNetModelMixin:
         the exact stored matrix (saving first copies it into RAM, so overwriting the very file it maps is safe).
 
         Unlike transformers' default, weights of the checkpoint's model that the file lacks (a layer ``config.json``
-        declares but the weights do not hold), or weights it holds that the model has no place for, are an error, not
-        a warning with random initialisation: a BitNet checkpoint holds exactly its model. Only the head a task class
-        adds (``score`` of ``...ForSequenceClassification``) may start fresh."""
+        declares but the weights do not hold), weights it holds that the model has no place for, and weights of
+        another shape are an error, not a warning with random initialisation: a BitNet checkpoint holds exactly its
+        model. A task class may start its own head fresh (``score`` of ``...ForSequenceClassification``, also of
+        another shape with ``ignore_mismatched_sizes``), and a class without ``lm_head`` leaves the stored one."""
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        new_head = {name for name, _ in model.named_children()} - {model.base_model_prefix, "lm_head"}
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
+        except RuntimeError as error:  # transformers' "size mismatch ... ignore_mismatched_sizes" report
+            if "mismatch" not in str(error):
+                raise
+            raise ValueError(f"{pretrained_model_name_or_path}: the weights do not match config.json (tensors of "
+                             f"another shape: {str(error).strip()[:400]}); the checkpoint is damaged or its config.json "
+                             "was edited: save the model again") from None
+        own_head = {name for name, _ in model.named_children()} - {model.base_model_prefix, "lm_head"}
         if model.base_model is model:
-            new_head = set()
-        missing = sorted(k for k in info.get("missing_keys", ()) if k.split(".")[0] not in new_head)
-        unexpected = sorted(info.get("unexpected_keys", ()))
-        mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ()))
+            own_head = set()
+
+        def outside_own_head(keys: Any) -> list[str]:
+            names = (str(k[0] if isinstance(k, tuple) else k) for k in keys)
+            return sorted(k for k in names if k.split(".")[0] not in own_head)
+
+        missing = outside_own_head(info.get("missing_keys", ()))
+        unexpected = sorted(k for k in info.get("unexpected_keys", ())
+                            if hasattr(model, "lm_head") or not k.startswith("lm_head."))
+        mismatched = outside_own_head(info.get("mismatched_keys", ()))
         if missing or unexpected or mismatched:
             found = "; ".join(f"{what} {_first(keys)}" for what, keys in (
                 ("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if keys)

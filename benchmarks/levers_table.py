@@ -1,0 +1,56 @@
+"""The SST-2 lever probes as one Markdown table: ``benchmarks/results/sst2-levers.jsonl`` (what
+``benchmarks/sst2_probe.py --record`` appends) -> ``benchmarks/results/sst2-levers.md``.
+
+    python benchmarks/levers_table.py [--record FILE] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def row(record: dict) -> str:
+    a, accuracy = record["args"], record["metrics"]["accuracy"]
+    start = "FP model" if a.get("fp") else (a.get("student") and Path(a["student"]).parent.name) or \
+        f"converted, SubLN {a.get('subln', 'paper')}"
+    warmup = a.get("warmup") or 0
+    warmup = f"{warmup:g} steps" if warmup >= 1 else (f"{warmup:.2f} of the steps" if warmup else "-")
+    lam = a.get("lam") or 0
+    logits = f"{lam:g}, {'all tokens' if a.get('kd_tokens') == 'all' else 'answer'}" if lam else "-"
+    gamma = a.get("gamma") or 0
+    relation = f"{gamma:g}, {a.get('kind', 'scaled_dot')}" if gamma else "-"
+    hidden = f"{a['hidden']:g}" if a.get("hidden") else "-"
+    return (f"| {record['name']} | {start} | {a['steps']} x {a.get('batch', 16)} ({a.get('train_size', 2400)} ex.) | "
+            f"{a.get('lr', 2e-4):g} {a.get('scheduler', 'cosine')} | {warmup} | {logits} | {relation} | {hidden} | "
+            f"**{accuracy:.2f}** | {record.get('train_seconds', 0) / 60:.0f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--record", type=Path, default=RESULTS / "sst2-levers.jsonl")
+    p.add_argument("--output", type=Path, default=RESULTS / "sst2-levers.md")
+    a = p.parse_args()
+    records = [json.loads(line) for line in a.record.read_text().splitlines() if line.strip()]
+    lines = [
+        "# SST-2 recovery levers, SmolLM2-135M-Instruct, 2 CPU cores",
+        "",
+        "Each row: one `python benchmarks/sst2_probe.py` run (its options are in the JSON record). Stage 3 only (no "
+        "continued pre-training), bf16 autocast; accuracy on 872 SST-2 train examples held out (seed 42, never "
+        "trained on); teacher for the KD terms: `teacher100` (FP16-SFT). Minutes: training only, on a shared machine.",
+        "",
+        "| Run | Student | Steps x batch | LR | Quantization warm-up | Logits KD (lambda, tokens) | Relation KD "
+        "(gamma, kind) | Hidden KD | Accuracy | Minutes |",
+        "|---|---|---|---|---|---|---|---|---:|---:|",
+        *(row(r) for r in records),
+        "",
+    ]
+    a.output.write_text("\n".join(lines))
+    print(a.output.read_text())
+
+
+if __name__ == "__main__":
+    main()
