@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint
     from .distill import BitDistillConfig, BitDistillTrainer
     from .generation import compile_decoding
+    from .gguf_export import export_gguf
     from .pretrain import continue_pretraining
 
 __version__ = "0.1.0"
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it, imported on first access (PEP 562)
 _LAZY = {"convert_to_bitnet": ".convert", "pack_bitnet": ".convert", "save_checkpoint": ".convert",
          "BitDistillConfig": ".distill", "BitDistillTrainer": ".distill", "compile_decoding": ".generation",
-         "continue_pretraining": ".pretrain"}
+         "continue_pretraining": ".pretrain", "export_gguf": ".gguf_export"}
 
 
 def __getattr__(name: str) -> Any:
@@ -48,4 +49,4 @@ def _register_auto_classes() -> None:
 _register_auto_classes()
 
 __all__ = ["BitDistillConfig", "BitDistillTrainer", "BitLinear", "PackedBitLinear", "SubLN", "compile_decoding",
-           "continue_pretraining", "convert_to_bitnet", "pack_bitnet", "save_checkpoint"]
+           "continue_pretraining", "convert_to_bitnet", "export_gguf", "pack_bitnet", "save_checkpoint"]

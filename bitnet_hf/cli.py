@@ -1,5 +1,5 @@
-"""The ``bitnet-hf`` command: ``convert``, ``pretrain``, ``distill``, ``pack``, ``generate``, ``evaluate``,
-``pipeline``, ``demo``, ``bench`` and ``push``."""
+"""The ``bitnet-hf`` command: ``convert``, ``pretrain``, ``distill``, ``pack``, ``export-gguf``, ``generate``,
+``evaluate``, ``pipeline``, ``demo``, ``bench`` and ``push``."""
 
 from __future__ import annotations
 
@@ -94,6 +94,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="dtype of embeddings, lm_head, norms and biases (default: bfloat16)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
+    p = sub.add_parser("export-gguf", help="BitNet checkpoint -> GGUF file for llama.cpp (bitnet architecture)",
+                       description="Write a BitNet Llama-family checkpoint (training or packed; SubLN paper, tied "
+                       "embeddings) as a GGUF file for llama.cpp's bitnet architecture: ternary weights in TQ2_0 or "
+                       "TQ1_0 with one float32 scale each, embedding F16, norms F32, tokenizer and chat template. "
+                       "What llama.cpp's graph cannot express is refused before anything is written.")
+    p.add_argument("model_dir", help="BitNet checkpoint folder with its tokenizer")
+    p.add_argument("out", help="the .gguf file to write")
+    p.add_argument("--type", dest="weight_type", default="tq2_0",
+                   help="ternary weight type: tq2_0 (default, 2.06 bits a weight), tq1_0 (1.69 bits) or f16 "
+                   "(ternary * scale, a reference; also for input widths that are not multiples of 256)")
+    p.add_argument("--pre", help="llama.cpp's pre-tokenizer name (tokenizer.ggml.pre; default: derived from "
+                   "tokenizer.json for gpt2, smollm and llama-bpe)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
     p = sub.add_parser("generate", help="greedy generation with a (BitNet or full-precision) checkpoint")
     p.add_argument("model", help="checkpoint folder")
     p.add_argument("--prompt", required=True, help="prompt text")
@@ -142,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"convert": _convert, "pack": _pack, "generate": _generate, "bench": _bench, "evaluate": _evaluate,
-                "demo": _demo, "push": _push}[args.command](args)
+        return {"convert": _convert, "pack": _pack, "export-gguf": _export_gguf, "generate": _generate,
+                "bench": _bench, "evaluate": _evaluate, "demo": _demo, "push": _push}[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError, PermissionError, TypeError) as error:
         print(f"bitnet-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -365,6 +379,16 @@ def _pack(args: argparse.Namespace) -> int:
     print(f"  deployment checkpoint {_folder_bytes(out) / 2**20:9.2f} MiB")
     print(f"  ternary linear weights: {report['bf16_bytes'] / 2**20:.2f} MiB in bf16 -> "
           f"{report['packed_bytes'] / 2**20:.2f} MiB packed ({report['bf16_bytes'] / report['packed_bytes']:.2f}x smaller)")
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    from .gguf_export import export_gguf
+
+    # export_gguf checks everything (check_checkpoint, check_tokenizer, what llama.cpp can run, OUT) before loading.
+    out = export_gguf(args.model_dir, args.out, weight_type=args.weight_type, pre_tokenizer=args.pre,
+                      overwrite=args.overwrite)
+    print(f"exported {args.model_dir} -> {out} ({args.weight_type}, {out.stat().st_size / 2**20:.2f} MiB)")
     return 0
 
 
