@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model_dir", help="BitNet checkpoint folder with its tokenizer")
     p.add_argument("out", help="the .gguf file to write")
     p.add_argument("--type", dest="weight_type", default="tq2_0",
-                   help="ternary weight type: tq2_0 (default, 2.06 bits a weight), tq1_0 (1.69 bits) or f16 "
-                   "(ternary * scale, a reference; also for input widths that are not multiples of 256)")
+                   help="ternary weight type: tq2_0 (default, 2.06 bits a weight), tq1_0 (1.69 bits), q4_0 (4.5 bits, "
+                   "for input widths that are not multiples of 256, e.g. SmolLM2-135M) or f16 (ternary * scale, a "
+                   "reference)")
     p.add_argument("--pre", help="llama.cpp's pre-tokenizer name (tokenizer.ggml.pre; default: derived from "
                    "tokenizer.json for gpt2, smollm and llama-bpe)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

@@ -15,12 +15,13 @@ What is written:
 * **Ternary weights.** A training checkpoint is quantized with our own ``quantize_weights``; a packed one is unpacked
   (``unpack_ternary``) and keeps its stored ``weight_scale``: both give the same values. ``tq2_0`` (default) and
   ``tq1_0`` hold the ternary values {-1, 0, 1} exactly, with the per-tensor scale in a float32 ``<name>.scale``
-  tensor of shape ``[1]``. ``f16`` writes ``ternary * scale`` in F16 (no ``.scale``): a reference format that any
+  tensor of shape ``[1]``; ``q4_0`` too (below). ``f16`` writes ``ternary * scale`` in F16 (no ``.scale``): a reference format that any
   F16 path reads, the scale rounded to 11 significant bits.
 * **Row length.** TQ1_0 and TQ2_0 quantize blocks of 256 values along a row (a weight's input width), and llama.cpp
   refuses a quantized tensor whose rows are not whole blocks. A model with an input width that is not a multiple of
-  256 (SmolLM2-135M: 576) is refused for those types, naming the layers, with the fix ``--type f16``; there is no
-  silent per-tensor fallback, so a ``tq2_0`` file is TQ2_0 throughout.
+  256 (SmolLM2-135M: 576) is refused for those types, naming the layers, with the fix ``--type q4_0``: Q4_0 blocks
+  of 32 hold the ternary values exactly (:func:`exact_q4_0`, 4.5 bits a weight, the scale again in ``.scale``).
+  There is no silent per-tensor fallback, so a ``tq2_0`` file is TQ2_0 throughout.
 * **Embedding** (also the output head): F16 whatever the checkpoint's dtype. F16 holds every bf16 value of a packed
   checkpoint from 2**-17 to 65504 in magnitude exactly (smaller ones round to F16's subnormals), and rounds the
   float32 values of a training checkpoint to 11 significant bits, finer than the bf16 that packing keeps; F16 is
@@ -63,6 +64,7 @@ Q = gguf.GGMLQuantizationType
 WEIGHT_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
     "tq2_0": (Q.TQ2_0, gguf.LlamaFileType.MOSTLY_TQ2_0),
     "tq1_0": (Q.TQ1_0, gguf.LlamaFileType.MOSTLY_TQ1_0),
+    "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
     "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
 }
 
@@ -186,7 +188,7 @@ def check_exportable(config: PretrainedConfig, weight_type: str) -> None:
     if uneven:
         raise ValueError(f"{weight_type} stores a weight's rows in blocks of {block} values, and the rows of "
                          f"model.layers.*.{'; '.join(uneven)} are not whole blocks, which llama.cpp refuses; export "
-                         "with --type f16 (weight_type='f16')")
+                         "with --type q4_0 (ternary values exactly in 4.5 bits, blocks of 32) or f16")
 
 
 def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str | None:
@@ -306,6 +308,9 @@ def _write(model: PreTrainedModel, vocabulary: Vocabulary, weight_type: str, pat
             values, scale = ternary_weight(module)
             if qtype == Q.F16:
                 writer.add_tensor(_name(tensor, i), gguf.quants.quantize((values.float() * scale).numpy(), qtype))
+            elif qtype == Q.Q4_0:
+                writer.add_tensor(_name(tensor, i), exact_q4_0(values), raw_dtype=qtype)
+                writer.add_tensor(_name(tensor, i, "scale"), scale.reshape(1).numpy().astype(np.float32))
             else:
                 writer.add_tensor(_name(tensor, i), gguf.quants.quantize(values.float().numpy(), qtype),
                                   raw_dtype=qtype)
@@ -316,6 +321,18 @@ def _write(model: PreTrainedModel, vocabulary: Vocabulary, weight_type: str, pat
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def exact_q4_0(values: torch.Tensor) -> np.ndarray:
+    """Ternary values ``(out, in)`` as Q4_0 blocks that hold them exactly: per 32 values an F16 scale of 1 and 16
+    bytes of 4-bit codes ``value + 8`` (value ``j`` of a block in the low half of byte ``j``, value ``j + 16`` in its
+    high half, Q4_0's layout). gguf's own Q4_0 quantizer scales each block by its signed extreme over -8, which
+    turns a ternary -1 into -0.875 when the block's extreme is +1."""
+    rows, width = values.shape
+    codes = (values.to(torch.int16) + 8).to(torch.uint8).reshape(rows, width // 32, 2, 16)
+    packed = (codes[:, :, 0] | (codes[:, :, 1] << 4)).numpy()
+    scale = np.broadcast_to(np.array([1.0], dtype=np.float16).view(np.uint8), (rows, width // 32, 2))
+    return np.concatenate([scale, packed], axis=-1).reshape(rows, width // 32 * 18)
 
 
 def ternary_weight(module: BitLinear | PackedBitLinear) -> tuple[torch.Tensor, torch.Tensor]:

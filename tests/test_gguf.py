@@ -241,8 +241,8 @@ def test_the_exported_tensors_define_our_model(exported):
     ours = AutoModelForCausalLM.from_pretrained(dirs["train"], dtype=torch.float32).eval()
     with torch.no_grad():
         expected = ours(ids[None]).logits[0]
-        for source in ("train", "packed"):
-            logits = bitnet_graph_logits(files[source, "tq2_0"], ids)
+        for source, kind in (("train", "tq2_0"), ("packed", "tq2_0"), ("train", "tq1_0"), ("train", "q4_0")):
+            logits = bitnet_graph_logits(files[source, kind], ids)
             assert expected.std() > 0.05  # not a vacuous comparison
             torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)  # measured: 4e-7
             assert torch.equal(logits.argmax(-1), expected.argmax(-1))
@@ -307,7 +307,7 @@ def test_widths_that_are_not_whole_blocks(tmp_path, capsys):
     path = save_bitnet(tmp_path / "model", hidden_size=192, intermediate_size=512, num_attention_heads=3,
                        num_key_value_heads=1)
     for kind in ("tq2_0", "tq1_0"):
-        refused(tmp_path, capsys, path, r"blocks of 256 values.*q_proj.*\(192 inputs\).*--type f16", weight_type=kind)
+        refused(tmp_path, capsys, path, r"blocks of 256 values.*q_proj.*\(192 inputs\).*--type q4_0", weight_type=kind)
     with pytest.raises(ValueError) as error:
         export_gguf(path, tmp_path / "x.gguf")
     assert "down_proj" not in str(error.value)  # its 512 inputs are two whole blocks
@@ -315,11 +315,23 @@ def test_widths_that_are_not_whole_blocks(tmp_path, capsys):
     _, tensors = read(tmp_path / "m.gguf")
     assert [int(n) for n in tensors["blk.0.attn_q.weight"].shape] == [192, 192]
     assert {t.tensor_type.name for n, t in tensors.items() if n.startswith("blk.0.attn_q")} == {"F16"}
+    # Q4_0 (blocks of 32) holds the ternary values exactly, with the scale beside
+    assert main(["export-gguf", str(path), str(tmp_path / "q.gguf"), "--type", "q4_0"]) == 0
+    _, tensors = read(tmp_path / "q.gguf")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    for layer, name, module in ((0, "attn_q", model.model.layers[0].self_attn.q_proj),
+                                (1, "ffn_down", model.model.layers[1].mlp.down_proj)):
+        ternary, scale = ternary_weight(module)
+        assert tensors[f"blk.{layer}.{name}.weight"].tensor_type.name == "Q4_0"
+        assert torch.equal(values(tensors[f"blk.{layer}.{name}.weight"]), ternary.float())
+        assert values(tensors[f"blk.{layer}.{name}.scale"]).item() == scale.item()
+    assert torch.equal(values(tensors["blk.0.attn_q.weight"]).unique(), torch.tensor([-1.0, 0.0, 1.0]))
 
 
 def test_bad_type_and_pre_names(exported, tmp_path, capsys):
     _, _, dirs, _ = exported
-    refused(tmp_path, capsys, dirs["train"], "weight type 'q4_0' is not one of tq2_0, tq1_0, f16", weight_type="q4_0")
+    refused(tmp_path, capsys, dirs["train"], "weight type 'q2_k' is not one of tq2_0, tq1_0, q4_0, f16",
+            weight_type="q2_k")
     refused(tmp_path, capsys, dirs["train"], "pre-tokenizer name is empty", pre_tokenizer=" ")
     with pytest.raises(SystemExit):
         main(["export-gguf", "--help"])
