@@ -17,15 +17,17 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer
 
-from bitnet_hf import BitDistillConfig, BitDistillTrainer, convert_to_bitnet, save_checkpoint
+from bitnet_hf import BitDistillConfig, BitDistillTrainer, convert_to_bitnet, pack_bitnet, save_checkpoint
 from bitnet_hf.distill.trainer import load_for_training
 from bitnet_hf.evaluation import evaluate_model
 from bitnet_hf.offline import smollm2
 from bitnet_hf.tasks import get_task, train_eval_splits
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+SCORING = "deployed (packed / bf16), float32, batch-invariant"
 
 
 def main() -> None:
@@ -77,15 +79,18 @@ def main() -> None:
                                 processing_class=tokenizer)
     trainer.train()
     seconds = time.perf_counter() - start
-    result = evaluate_model(model.eval(), tokenizer, task, splits.eval.select(range(a.eval_size)), batch_size=32)
+    if a.save:
+        save_checkpoint(model, a.save, tokenizer=tokenizer, overwrite=True)
+    # Scored as the pipeline scores a row: the deployed model (packed, or the FP model's bf16 values), computed in
+    # float32, where the scores do not depend on the batch size.
+    deployed = (model.to(torch.bfloat16) if a.fp else pack_bitnet(model)).float()
+    result = evaluate_model(deployed, tokenizer, task, splits.eval.select(range(a.eval_size)), batch_size=32)
     print(f"RESULT {a.name} accuracy {result.metrics['accuracy']:.2f} train {seconds:.0f} s", flush=True)
     record = {"name": a.name, "args": vars(a), "metrics": result.metrics, "train_seconds": round(seconds),
-              "log": [e for e in trainer.state.log_history if "loss" in e]}
+              "scoring": SCORING, "log": [e for e in trainer.state.log_history if "loss" in e]}
     Path(a.record).parent.mkdir(parents=True, exist_ok=True)
     with open(a.record, "a") as f:
         f.write(json.dumps(record) + "\n")
-    if a.save:
-        save_checkpoint(model, a.save, tokenizer=tokenizer, overwrite=True)
 
 
 if __name__ == "__main__":
