@@ -239,6 +239,13 @@ def test_bad_input_stops_before_training(workspace, tmp_path, capsys):
     with pytest.raises(ValueError, match="the teacher's tokenizer .* differs from the student's"):
         Pipeline(arguments(workspace, tmp_path / "b", teacher_base=str(other))).run()
     assert not (tmp_path / "b").exists()  # nothing written
+    # the same tokenizer but an embedding of another size: found before the teacher stage, not at stage 3
+    wider = tmp_path / "wider"
+    tiny_model("llama", vocab_size=tiny_model("llama").config.vocab_size + 8).save_pretrained(wider)
+    tiny_chat_tokenizer().save_pretrained(wider)
+    with pytest.raises(ValueError, match="embedding rows"):
+        Pipeline(arguments(workspace, tmp_path / "b", teacher_base=str(wider))).run()
+    assert not (tmp_path / "b").exists()
     # through the command line: exit 2 and the message
     assert main(["pipeline", "--base", str(workspace / "base"), "--task", "sst2", "--output-dir", str(tmp_path / "c"),
                  "--data-dir", str(workspace / "sst2"), "--corpus", str(workspace / "corpus.txt"),
