@@ -90,8 +90,13 @@ def _vocab_size(config: dict[str, Any]) -> int | None:
     return config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
 
 
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    """Whether the folder holds tokenizer files (``AutoTokenizer`` builds an empty tokenizer for one without)."""
+    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
+
+
 def check_tokenizer(path: str | os.PathLike, what: str = "the checkpoint") -> None:
-    if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+    if not has_tokenizer(path):
         raise FileNotFoundError(f"{what} {path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); save one into it "
                                 "with tokenizer.save_pretrained (convert and pack copy the source's tokenizer along)")
 

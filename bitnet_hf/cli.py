@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("export-gguf", help="BitNet checkpoint -> GGUF file for llama.cpp (bitnet architecture)",
                        description="Write a BitNet Llama-family checkpoint (training or packed; SubLN paper, tied "
-                       "embeddings) as a GGUF file for llama.cpp's bitnet architecture: ternary weights in TQ2_0 or "
-                       "TQ1_0 with one float32 scale each, embedding F16, norms F32, tokenizer and chat template. "
+                       "embeddings) as a GGUF file for llama.cpp's bitnet architecture: ternary weights in TQ2_0, "
+                       "TQ1_0 or Q4_0 with one float32 scale each (or F16), embedding F16, norms F32, tokenizer and "
+                       "chat template. "
                        "What llama.cpp's graph cannot express is refused before anything is written.")
     p.add_argument("model_dir", help="BitNet checkpoint folder with its tokenizer")
     p.add_argument("out", help="the .gguf file to write")
@@ -473,8 +474,10 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _tokenizer_or_none(path: str, auto_tokenizer):  # noqa: ANN001, ANN202 - AutoTokenizer is imported lazily
+    from .checks import has_tokenizer
+
     # AutoTokenizer builds an empty tokenizer for a folder without tokenizer files; don't copy such a thing along.
-    if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+    if not has_tokenizer(path):
         return None
     return auto_tokenizer.from_pretrained(path)
 

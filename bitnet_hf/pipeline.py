@@ -343,8 +343,8 @@ class Pipeline:
         if not (trained / "config.json").is_file():
             logger.warning("%s is not trained yet (%s missing); its row stays empty", row.label, trained)
             return
-        # Deployed as bf16 (FP16-SFT) or packed (bf16 beside the ternary weights); scored on those very values
-        # computed in float32, where the scores do not depend on the batch size.
+        # Deployed as bf16 (FP16-SFT) or packed (bf16 beside the ternary weights): sized and timed so, then scored on
+        # those very values computed in float32, where the scores do not depend on the batch size.
         if row.fp:
             deployed, dtype = trained, torch.bfloat16
         else:
@@ -354,14 +354,11 @@ class Pipeline:
                 save_checkpoint(packed, deployed, tokenizer=self.tokenizer, overwrite=True)
                 del packed
         model = AutoModelForCausalLM.from_pretrained(deployed, dtype=dtype)
-        result = evaluate_model(model.float(), self.tokenizer, self.task, self.splits.eval,
-                                batch_size=a.eval_batch_size, method=a.eval_method, max_new_tokens=a.max_new_tokens)
-        del model
-        gc.collect()
-        model = AutoModelForCausalLM.from_pretrained(deployed, dtype=dtype)
         size = (sum(p.numel() for p in model.parameters()) * 2 if row.fp
                 else sum(f.stat().st_size for f in deployed.glob("*.safetensors")))
         speed = decode_speed(model, self.tokenizer, self.task.prompt(self.splits.eval[0], self.tokenizer))
+        result = evaluate_model(model.float(), self.tokenizer, self.task, self.splits.eval,  # .float(): in place
+                                batch_size=a.eval_batch_size, method=a.eval_method, max_new_tokens=a.max_new_tokens)
         entry = {"row": name, "method": row.label, **result.to_dict(), "size_bytes": size,
                  "decode_tokens_per_second": speed, "model": str(deployed), "weights": "bf16" if row.fp else "ternary"}
         record.parent.mkdir(parents=True, exist_ok=True)
