@@ -94,7 +94,8 @@ def write_demo_data(folder: Path, *, train: int = 2000, validation: int = 200, s
 
 def demo_arguments(output_dir: Path, *, steps: int = 40) -> PipelineArguments:
     """The demo's pipeline: SmolLM2, the generated task (as SST-2-style data), about 10 minutes on 2 cores: both
-    baselines, the paper's BitDistill and the recipe row that recovers the accuracy."""
+    baselines, the paper's BitDistill and the recipe row (which needs more steps than the demo's to leave chance:
+    see the README)."""
     output_dir = Path(output_dir)
     task_dir, corpus = write_demo_data(output_dir / "data")
     return PipelineArguments(

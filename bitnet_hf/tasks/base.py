@@ -6,7 +6,7 @@ there. A user-defined classification task is a ``ClassificationTask`` with label
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -77,11 +77,7 @@ class Task:
         that is not text (null, a number, blank)."""
         if len(dataset) == 0:
             raise ValueError(f"{source} holds no examples")
-        for column in self.inputs:
-            for row, value in enumerate(dataset[column]):
-                if not isinstance(value, str) or not value.strip():
-                    raise ValueError(f"{source}, row {row}: column {column!r} is {value!r}, not text; remove the row "
-                                     "or fill it in")
+        _require_text(dataset, self.inputs, source)
 
     # ---- formatting ----
 
@@ -186,10 +182,7 @@ class SummarizationTask(Task):
 
     def check(self, dataset: Dataset, source: str) -> None:
         super().check(dataset, source)
-        for row, value in enumerate(dataset[self.target]):
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{source}, row {row}: column {self.target!r} is {value!r}, not text; remove the row "
-                                 "or fill it in")
+        _require_text(dataset, (self.target,), source)
 
     def prompt(self, example: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> str:
         document = self.inputs[0]
@@ -289,3 +282,9 @@ def train_eval_splits(task: Task, *, data_dir: str | Path | None = None, columns
     return Splits(train=train, eval=evaluation, eval_source=source)
 
 
+def _require_text(dataset: Dataset, columns: Sequence[str], source: str) -> None:
+    for column in columns:
+        for row, value in enumerate(dataset[column]):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{source}, row {row}: column {column!r} is {value!r}, not text; remove the row or "
+                                 "fill it in")
