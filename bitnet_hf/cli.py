@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import MISSING, dataclass, field, fields
+from itertools import islice
 from pathlib import Path
 
 from .bench import VARIANTS
 from .models.base import SUBLN_PLACEMENTS
+from .reconstruct import ReconstructionOptions
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -81,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=256, help="tokens per calibration sample (default: 256)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the latent weights (default: float32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    group = p.add_argument_group("block-wise reconstruction", "after conversion, train each decoder block to reproduce "
+                                 "SRC's block on the --calibration-data (needs it); progress is kept in OUT.partial "
+                                 "and a rerun resumes from there")
+    for f in fields(ReconstructionOptions):
+        assert f.default is not MISSING
+        group.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                           help=f"{f.metadata['help']} (default: {f.default})")
 
     for name, text in _HF_COMMANDS.items():  # listed here, parsed by _hf_command
         sub.add_parser(name, help=text, add_help=False)
@@ -244,8 +254,7 @@ def _check_training(model: str, teacher: str | None, output_dir: str, replace: b
     """What ``distill`` and ``pretrain`` check before loading anything: a BitNet training checkpoint with its
     tokenizer, a readable teacher with the student's vocabulary, an output folder that can be written and holds no
     finished model unless ``replace`` (``--overwrite``, or ``--resume-from-checkpoint``: the run goes on)."""
-    from .checks import (check_checkpoint, check_output_folder, check_same_vocabulary, check_tokenizer,
-                         check_trainable)
+    from .checks import check_checkpoint, check_output_folder, check_same_vocabulary, check_tokenizer, check_trainable
 
     student = check_trainable(model, "--model")
     check_tokenizer(model, "--model")
@@ -330,17 +339,23 @@ def _summary(trainer, what: str) -> None:  # noqa: ANN001
 
 def _convert(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedModel
 
     from .checks import check_checkpoint, check_output_folder
     from .convert import check_output_dir, convert_to_bitnet, save_checkpoint
     from .models.layers import BitLinear
+    from .reconstruct import calibration_sequences, reconstruct_checkpoint, summary
 
     if args.calibration_samples < 1 or args.max_length < 1:
         raise ValueError(f"--calibration-samples ({args.calibration_samples}) and --max-length ({args.max_length}) "
                          "must be >= 1")
     if args.calibration_data is not None and not args.calibration_data.exists():
         raise FileNotFoundError(f"--calibration-data {args.calibration_data} does not exist")
+    reconstruction = ReconstructionOptions(**{f.name: getattr(args, f.name) for f in fields(ReconstructionOptions)})
+    reconstruct = reconstruction.reconstruct_steps > 0
+    if reconstruct and (args.calibration_data is None or args.no_quantize):
+        raise ValueError("--reconstruct-steps needs --calibration-data (text the blocks are reconstructed on) and "
+                         "the quantizers on (no --no-quantize)")
     check_output_folder(check_output_dir(args.out, args.overwrite), "OUT")
     check_checkpoint(args.src, "SRC")
     tokenizer = _tokenizer_or_none(args.src, AutoTokenizer)
@@ -350,13 +365,28 @@ def _convert(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.src} has no tokenizer, which --calibration-data needs")
         texts = _read_texts(args.calibration_data, args.text_field, args.calibration_samples)
         batches = _batches(tokenizer, texts, args.max_length)
-    model = convert_to_bitnet(args.src, subln=args.subln, quantize=not args.no_quantize,
-                              calibration_batches=batches, dtype=getattr(torch, args.dtype))
-    out = save_checkpoint(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
+    dtype = getattr(torch, args.dtype)
+
+    def convert() -> PreTrainedModel:
+        return convert_to_bitnet(args.src, subln=args.subln, quantize=not args.no_quantize,
+                                 calibration_batches=batches, dtype=dtype)
+
+    results = []
+    if reconstruct:  # the text is read before any model loads: too little is an error that costs nothing
+        sequences = calibration_sequences(_iter_texts(args.calibration_data, args.text_field), tokenizer,
+                                          reconstruction)
+        model, results = reconstruct_checkpoint(args.out, convert, args.src, sequences, reconstruction,
+                                                tokenizer=tokenizer, overwrite=args.overwrite, dtype=dtype)
+        out = Path(args.out)
+    else:
+        model = convert()
+        out = save_checkpoint(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
     n_bit = sum(m.weight.numel() for m in model.modules() if isinstance(m, BitLinear))
     print(f"converted {args.src} -> {out}: {type(model).__name__}, SubLN {args.subln}"
           f"{', calibrated on ' + str(len(texts)) + ' samples' if batches is not None else ''}, "
           f"{n_bit / 1e6:.1f}M ternary-trained weights, {_folder_bytes(out) / 2**20:.1f} MiB")
+    if results:
+        print(summary(results))
     return 0
 
 
@@ -482,21 +512,22 @@ def _tokenizer_or_none(path: str, auto_tokenizer):  # noqa: ANN001, ANN202 - Aut
     return auto_tokenizer.from_pretrained(path)
 
 
-def _read_texts(path: Path, field: str, limit: int) -> list[str]:
-    """The first ``limit`` non-blank texts of a calibration file or folder (any format ``load_text_dataset`` reads;
-    plain text files have their lines in the ``text`` column)."""
+def _iter_texts(path: Path, field: str) -> Iterator[str]:
+    """The non-blank texts of a calibration file or folder, lazily (any format ``load_text_dataset`` reads; plain
+    text files have their lines in the ``text`` column)."""
     from .data import load_text_dataset, require_columns
 
     dataset = load_text_dataset(path)
     require_columns(dataset, [field], f"--calibration-data {path}")
-    texts: list[str] = []
     for row in dataset.select_columns([field]):  # row by row: a large file's column is not read whole
         text = row[field]
         if isinstance(text, str) and text.strip():
-            texts.append(text.strip())
-            if len(texts) == limit:
-                break
-    return texts
+            yield text.strip()
+
+
+def _read_texts(path: Path, field: str, limit: int) -> list[str]:
+    """The first ``limit`` non-blank texts of a calibration file or folder."""
+    return list(islice(_iter_texts(path, field), limit))
 
 
 def _batches(tokenizer, texts: list[str], max_length: int) -> list[dict]:  # noqa: ANN001

@@ -194,8 +194,10 @@ def save_checkpoint(
     *,
     tokenizer: PreTrainedTokenizerBase | None = None,
     overwrite: bool = False,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """``save_pretrained`` (safetensors) into a temporary sibling folder, then rename it into place.
+    ``extra_files`` (name -> text) are written into the folder with it, so they land together.
 
     An interrupted save leaves ``path`` as it was: either absent, or the previous complete checkpoint.
     """
@@ -207,6 +209,8 @@ def save_checkpoint(
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         _move_into_place(tmp, path)
     finally:
         if tmp.exists():

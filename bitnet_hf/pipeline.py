@@ -8,6 +8,7 @@ Layout of ``output_dir`` (every model folder is written atomically, so "it exist
 
     teacher/final                FP16-SFT, the teacher
     convert-<subln>/             stage 1 (per SubLN placement)
+    reconstruct-<subln>/         stage 1b, block-wise reconstruction on the corpus (rows that ask for it)
     pretrain-<subln>/final       stage 2 (pretrain-<subln>-<row>/final for a row with stage-2 options of its own)
     <row>/final, <row>/packed    task fine-tuning of each BitNet row, and its deployment checkpoint
     eval/<row>.json              each row's evaluation
@@ -44,12 +45,13 @@ from .distill.trainer import load_for_training
 from .evaluation import decode_speed, evaluate_model
 from .hub import RECIPE_FILE
 from .pretrain import PretrainConfig, continue_pretraining
+from .reconstruct import ReconstructionOptions, calibration_sequences, reconstruct_checkpoint, summary
 from .tasks import ClassificationTask, Splits, get_task, train_eval_splits
 from .tasks.base import parse_columns
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("teacher", "bitnet_sft", "convert", "pretrain", "distill", "evaluate")
+STAGES = ("teacher", "bitnet_sft", "convert", "reconstruct", "pretrain", "distill", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,12 @@ class Row:
     """One model of the table: how its BitNet student is made (``None`` fields: the FP16-SFT row). ``options``
     override the run's ``DistillOptions`` for this row's fine-tuning, ``pretrain_options`` set ``PretrainConfig``
     fields of its continued pre-training (the levers of the ablation rows; a logits-KD weight there distills from
-    the full-precision base model)."""
+    the full-precision base model). ``reconstruct``: the converted student goes through block-wise reconstruction
+    (``bitnet_hf.reconstruct``, the run's ``--reconstruct-*`` budget, on the corpus) before the next stage."""
 
     label: str
     subln: str | None = "paper"
+    reconstruct: bool = False
     pretrain: bool = True
     logits: bool = True
     attention: bool = True
@@ -100,13 +104,15 @@ ROWS: dict[str, Row] = {
     # gamma its gradient drowns the task's) and no stage 2 (not shown to help at the budget a CPU affords).
     "recipe": Row("BitDistill recipe (warm-up, logits KD)", pretrain=False, attention=False,
                   options=(("quantization_warmup_steps", 1 / 6),)),
+    "recipe_reconstruct": Row("BitDistill recipe + block-wise reconstruction", reconstruct=True, pretrain=False,
+                              attention=False, options=(("quantization_warmup_steps", 1 / 6),)),
     "pretrain_kd_warmup": Row("BitDistill + stage 2 with logits KD and warm-up", pretrain_options=(
         ("logits_distill_weight", 1.0), ("quantization_warmup_steps", 0.5))),
 }
 
 
 @dataclass
-class PipelineArguments(DistillOptions):
+class PipelineArguments(DistillOptions, ReconstructionOptions):
     """``bitnet-hf pipeline``: every option, with defaults sized for a small model on a CPU. The distillation
     options are ``DistillOptions``' own (same names and defaults as ``BitDistillConfig``); the weights default to
     the task kind's preset."""
@@ -160,6 +166,7 @@ class PipelineArguments(DistillOptions):
         if self.distill_preset is None:
             self.distill_preset = get_task(self.task).kind
         DistillOptions.__post_init__(self)
+        ReconstructionOptions.__post_init__(self)
         bad = [r for r in self.rows if r not in ROWS]
         if bad:
             raise ValueError(f"unknown rows {bad}; choose from {', '.join(ROWS)}")
@@ -170,6 +177,10 @@ class PipelineArguments(DistillOptions):
             raise ValueError("distilled rows need the teacher: keep fp16_sft in --rows")
         if any(ROWS[r].pretrain for r in self.rows) and self.corpus is None:
             raise ValueError("continued pre-training needs --corpus (a text file, folder, or Hub dataset name)")
+        reconstructed = [r for r in self.rows if ROWS[r].reconstruct]
+        if reconstructed and (self.corpus is None or self.reconstruct_steps == 0):
+            raise ValueError(f"rows {reconstructed} reconstruct the converted blocks: they need --corpus (the "
+                             "calibration text) and --reconstruct-steps > 0")
         for name in ("steps", "teacher_steps", "batch_size", "pretrain_tokens", "pretrain_block_size",
                      "pretrain_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -238,10 +249,15 @@ class Pipeline:
             if "convert" in stages:
                 self._stage(f"convert-{row.subln}", self._convert, row.subln)
             student = self.out / f"convert-{row.subln}"
+            if row.reconstruct:
+                if "reconstruct" in stages:
+                    self._stage(f"reconstruct-{row.subln}", self._reconstruct, row.subln)
+                student = self.out / f"reconstruct-{row.subln}"
             if row.pretrain:
-                folder = f"pretrain-{row.subln}" + (f"-{name}" if row.pretrain_options else "")
+                folder = f"pretrain-{row.subln}" + ("-reconstructed" if row.reconstruct else "") + (
+                    f"-{name}" if row.pretrain_options else "")
                 if "pretrain" in stages:
-                    self._stage(folder, self._pretrain, row, folder)
+                    self._stage(folder, self._pretrain, row, folder, student)
                 student = self.out / folder / "final"
             if ("distill" if row.distilled else "bitnet_sft") in stages:
                 teacher = self.out / "teacher" / "final" if row.distilled else None
@@ -269,7 +285,21 @@ class Pipeline:
         model = convert_to_bitnet(self.args.base, subln=subln, calibration_batches=batches)
         save_checkpoint(model, path, tokenizer=self.tokenizer, overwrite=True)
 
-    def _pretrain(self, row: Row, folder: str) -> None:
+    def _reconstruct(self, subln: str) -> None:
+        a = self.args
+        path = self.out / f"reconstruct-{subln}"
+        if (path / "config.json").is_file():
+            logger.info("%s exists, skipping", path)
+            return
+        texts = (t for t in load_text_dataset(a.corpus)[a.corpus_field] if isinstance(t, str) and t.strip())
+        sequences = calibration_sequences(texts, self.tokenizer, a.reconstruction_options())
+        converted = self.out / f"convert-{subln}"
+        _, results = reconstruct_checkpoint(
+            path, lambda: AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32), a.base, sequences,
+            a.reconstruction_options(), tokenizer=self.tokenizer, overwrite=True)
+        logger.info(summary(results))
+
+    def _pretrain(self, row: Row, folder: str, student: Path) -> None:
         a = self.args
         out = self.out / folder
         if (out / "final" / "config.json").is_file():
@@ -279,7 +309,7 @@ class Pipeline:
         config = PretrainConfig(per_device_train_batch_size=a.pretrain_batch_size,
                                 learning_rate=a.pretrain_learning_rate, **self._training_arguments(out),
                                 **dict(row.pretrain_options))
-        model = load_for_training(self.out / f"convert-{row.subln}", config)
+        model = load_for_training(student, config)
         teacher = load_for_training(a.base, config) if config.logits_distill_weight > 0 else None
         corpus = load_text_dataset(a.corpus)
         continue_pretraining(model, self.tokenizer, corpus, config, block_size=a.pretrain_block_size,
@@ -401,6 +431,9 @@ class Pipeline:
                 continue
             stages = [{"name": "convert (stage 1)", "hyperparameters": {"subln": row.subln, "calibration_samples":
                                                                         a.calibration_samples}}]
+            if row.reconstruct:
+                stages.append({"name": "block-wise reconstruction (stage 1b)", "hyperparameters": {
+                    "corpus": a.corpus, **asdict(a.reconstruction_options())}})
             if row.pretrain:
                 stages.append({"name": "continued pre-training (stage 2)", "hyperparameters": {
                     "corpus": a.corpus, "tokens": a.pretrain_tokens, "block_size": a.pretrain_block_size,

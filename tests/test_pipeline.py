@@ -6,6 +6,7 @@ import logging
 import pytest
 import transformers
 
+import bitnet_hf.pipeline as pipeline_module
 from bitnet_hf.cli import main
 from bitnet_hf.demo import sentiment_reviews, stdlib_docstrings
 from bitnet_hf.pipeline import ROWS, Pipeline, PipelineArguments, Row, results_markdown
@@ -112,6 +113,7 @@ def kill_at_step_2(self, output_dir):  # weights and optimizer of checkpoint-2 a
         os.kill(os.getpid(), signal.SIGKILL)
     save_rng_state(self, output_dir)
 Trainer._save_rng_state = kill_at_step_2
+import bitnet_hf.pipeline as pipeline_module
 from bitnet_hf.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -219,6 +221,28 @@ def test_the_recipe_row_fine_tunes_the_converted_model_with_warm_up_and_logits_k
     options = json.loads((out / "recipe/final/training_args.json").read_text())
     assert options["quantization_warmup_steps"] == pytest.approx(1 / 6) and options["attention_distill_weight"] == 0
     assert not list(out.glob("pretrain-*"))  # no stage 2
+
+
+def test_a_reconstruct_row_reconstructs_the_converted_blocks_before_fine_tuning(workspace, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = arguments(workspace, out, rows=["fp16_sft", "recipe_reconstruct"], teacher_steps=1, steps=2,
+                     reconstruct_steps=5, reconstruct_sequences=4, reconstruct_sequence_length=32)
+    loaded = []
+    load = pipeline_module.load_for_training
+    monkeypatch.setattr(pipeline_module, "load_for_training", lambda path, *a, **k: loaded.append(path) or load(
+        path, *a, **k))
+    results = Pipeline(args).run()
+    state = json.loads((out / "reconstruct-paper" / "reconstruction.json").read_text())
+    assert len(state["blocks"]) == 2 and state["options"]["reconstruct_steps"] == 5
+    assert all(b["error_after"] < b["error_before"] for b in state["blocks"])
+    assert out / "reconstruct-paper" in loaded and out / "convert-paper" not in loaded  # the student fine-tuned
+    assert [r["row"] for r in results["rows"]] == ["fp16_sft", "recipe_reconstruct"]
+    recipe = json.loads((out / "recipe_reconstruct/packed/bitnet_recipe.json").read_text())
+    assert recipe["stages"][1]["name"] == "block-wise reconstruction (stage 1b)"
+    assert recipe["stages"][1]["hyperparameters"]["reconstruct_steps"] == 5
+    assert "reconstruct-paper" in results["stage_seconds"] and not (out / "reconstruct-paper.partial").exists()
+    with pytest.raises(ValueError, match=r"need --corpus \(the calibration text\) and --reconstruct-steps > 0"):
+        arguments(workspace, tmp_path / "b", rows=["fp16_sft", "recipe_reconstruct"])
 
 
 def test_bad_input_stops_before_training(workspace, tmp_path, capsys):
