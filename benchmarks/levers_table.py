@@ -15,8 +15,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def row(record: dict) -> str:
     a, accuracy = record["args"], record["metrics"]["accuracy"]
-    start = "FP model" if a.get("fp") else (a.get("student") and Path(a["student"]).parent.name) or \
-        f"converted, SubLN {a.get('subln', 'paper')}"
+    converted = f"converted{' from the FP16-SFT teacher' if a.get('base') else ''}, SubLN {a.get('subln', 'paper')}"
+    start = "FP model" if a.get("fp") else (a.get("student") and _student(a["student"])) or converted
     warmup = a.get("warmup") or 0
     warmup = f"{warmup:g} steps" if warmup >= 1 else (f"{warmup:.2f} of the steps" if warmup else "-")
     lam = a.get("lam") or 0
@@ -34,6 +34,11 @@ def row(record: dict) -> str:
             f"{in_training} | {deployed} | {record.get('train_seconds', 0) / 60:.0f} |")
 
 
+def _student(path: str) -> str:
+    name = Path(path).name
+    return f"`{name}` (block-wise reconstruction)" if name.startswith("reconstructed") else f"`{name}`"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--record", type=Path, default=RESULTS / "sst2-levers.jsonl")
@@ -45,7 +50,8 @@ def main() -> None:
         "",
         "Each row: one `python benchmarks/sst2_probe.py` run (its options are in the JSON record). Stage 3 only (no "
         "continued pre-training), bf16 autocast; accuracy on 872 SST-2 train examples held out (seed 42, never "
-        "trained on); teacher for the KD terms: `teacher100` (FP16-SFT). Minutes: training only, on a shared machine.",
+        "trained on); teacher for the KD terms: the last `teacher100` above the row (FP16-SFT, 100 steps; retrained "
+        "in a later session). Minutes: training only, on a shared machine.",
         "",
         "Accuracy *deployed*: the packed model (the FP model's bf16 values) computed in float32, where the scores do "
         "not depend on the batch size: what the pipeline reports (`sst2_probe.py` scores so since the 600-step run; "

@@ -104,8 +104,10 @@ ROWS: dict[str, Row] = {
     # gamma its gradient drowns the task's) and no stage 2 (not shown to help at the budget a CPU affords).
     "recipe": Row("BitDistill recipe (warm-up, logits KD)", pretrain=False, attention=False,
                   options=(("quantization_warmup_steps", 1 / 6),)),
-    "recipe_reconstruct": Row("BitDistill recipe + block-wise reconstruction", reconstruct=True, pretrain=False,
-                              attention=False, options=(("quantization_warmup_steps", 1 / 6),)),
+    # Block-wise reconstruction instead of the warm-up: the blocks start ternary-fitted (SmolLM2: held-out LM loss
+    # 16.3 -> 7.3 in 9 minutes), so the fine-tuning runs ternary from its first step; logits KD on the answer.
+    "recipe_reconstruct": Row("BitDistill, block-wise reconstruction + logits KD", reconstruct=True, pretrain=False,
+                              attention=False),
     "pretrain_kd_warmup": Row("BitDistill + stage 2 with logits KD and warm-up", pretrain_options=(
         ("logits_distill_weight", 1.0), ("quantization_warmup_steps", 0.5))),
 }
