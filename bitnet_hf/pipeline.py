@@ -57,7 +57,8 @@ STAGES = ("teacher", "bitnet_sft", "convert", "reconstruct", "pretrain", "distil
 @dataclass(frozen=True)
 class Row:
     """One model of the table: how its BitNet student is made (``None`` fields: the FP16-SFT row). ``options``
-    override the run's ``DistillOptions`` for this row's fine-tuning, ``pretrain_options`` set ``PretrainConfig``
+    override the run's ``DistillOptions`` (and ``learning_rate``, the run's ``--bitnet-learning-rate``) for this
+    row's fine-tuning, ``pretrain_options`` set ``PretrainConfig``
     fields of its continued pre-training (the levers of the ablation rows; a logits-KD weight there distills from
     the full-precision base model). ``reconstruct``: the converted student goes through block-wise reconstruction
     (``bitnet_hf.reconstruct``, the run's ``--reconstruct-*`` budget, on the corpus) before the next stage."""
@@ -72,10 +73,11 @@ class Row:
     pretrain_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        known = {f.name for f in fields(DistillOptions)}
+        known = {f.name for f in fields(DistillOptions)} | {"learning_rate"}
         unknown = {name for name, _ in self.options + self.pretrain_options} - known
         if unknown:
-            raise ValueError(f"row {self.label!r}: {sorted(unknown)} are not DistillOptions fields")
+            raise ValueError(f"row {self.label!r}: {sorted(unknown)} are neither DistillOptions fields nor "
+                             "learning_rate")
 
     @property
     def fp(self) -> bool:
@@ -145,6 +147,9 @@ class PipelineArguments(DistillOptions, ReconstructionOptions):
     batch_size: int = field(default=16, metadata={"help": "task examples per step"})
     fp_learning_rate: float = field(default=5e-5, metadata={"help": "learning rate of the FP16-SFT teacher"})
     bitnet_learning_rate: float = field(default=2e-4, metadata={"help": "learning rate of BitNet fine-tuning"})
+    bitnet_lr_decay: float = field(default=1.0, metadata={
+        "help": "fraction of each BitNet fine-tuning's steps over which the learning rate decays to 0 (cosine) at "
+                "the end, constant before (warmup-stable-decay); 1: a plain cosine schedule"})
     pretrain_tokens: int = field(default=100_000, metadata={"help": "token budget of continued pre-training"})
     pretrain_block_size: int = field(default=256, metadata={"help": "tokens per pre-training block"})
     pretrain_batch_size: int = field(default=8, metadata={"help": "blocks per pre-training step"})
@@ -183,6 +188,9 @@ class PipelineArguments(DistillOptions, ReconstructionOptions):
         if reconstructed and (self.corpus is None or self.reconstruct_steps == 0):
             raise ValueError(f"rows {reconstructed} reconstruct the converted blocks: they need --corpus (the "
                              "calibration text) and --reconstruct-steps > 0")
+        if not 0 < self.bitnet_lr_decay <= 1:
+            raise ValueError(f"--bitnet-lr-decay {self.bitnet_lr_decay} must be in (0, 1]: the fraction of the steps "
+                             "the learning rate decays over")
         for name in ("steps", "teacher_steps", "batch_size", "pretrain_tokens", "pretrain_block_size",
                      "pretrain_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -308,9 +316,8 @@ class Pipeline:
             logger.info("%s exists, skipping", out / "final")
             self._drop_checkpoints(out)  # a kill right after the final save left them
             return
-        config = PretrainConfig(per_device_train_batch_size=a.pretrain_batch_size,
-                                learning_rate=a.pretrain_learning_rate, **self._training_arguments(out),
-                                **dict(row.pretrain_options))
+        config = PretrainConfig(per_device_train_batch_size=a.pretrain_batch_size, **self._training_arguments(out),
+                                **{"learning_rate": a.pretrain_learning_rate, **dict(row.pretrain_options)})
         model = load_for_training(student, config)
         teacher = load_for_training(a.base, config) if config.logits_distill_weight > 0 else None
         corpus = load_text_dataset(a.corpus)
@@ -325,10 +332,14 @@ class Pipeline:
             logger.info("%s exists, skipping", out / "final")
             self._drop_checkpoints(out)  # a kill right after the final save left them
             return
+        schedule = {}
+        if not row.fp and a.bitnet_lr_decay < 1:
+            schedule = {"lr_scheduler_type": "warmup_stable_decay",
+                        "lr_scheduler_kwargs": {"num_decay_steps": max(1, round(a.bitnet_lr_decay * a.steps))}}
         config = BitDistillConfig(
             max_steps=(a.teacher_steps or a.steps) if row.fp else a.steps, per_device_train_batch_size=a.batch_size,
-            learning_rate=lr,
-            **self._training_arguments(out), **self.row_options(row), max_length=a.max_length,
+            **{"learning_rate": lr, **self.row_options(row)}, **{**self._training_arguments(out), **schedule},
+            max_length=a.max_length,
             loss_tokens="completion")
         model = load_for_training(model_path, config)
         trainer = BitDistillTrainer(model=model, teacher_model=str(teacher) if teacher else None, args=config,
@@ -443,7 +454,8 @@ class Pipeline:
                     **dict(row.pretrain_options)}})
             stages.append({"name": "distillation fine-tuning (stage 3)" if row.distilled else "task fine-tuning",
                            "hyperparameters": {"task": self.task.name, "steps": a.steps, "batch_size": a.batch_size,
-                                               "learning_rate": a.bitnet_learning_rate, **dict(row.options)}})
+                                               "learning_rate": a.bitnet_learning_rate,
+                                               "lr_decay": a.bitnet_lr_decay, **dict(row.options)}})
             recipe = {"base_model": a.base_model_id, "license": a.license, "task": self.task.name,
                       "teacher": "FP16-SFT (the base model fine-tuned on the task)" if row.distilled else None,
                       "stages": stages, "results": table}

@@ -186,10 +186,12 @@ def test_rows_take_the_runs_distill_options_and_their_own(workspace, tmp_path):
     assert (summarization.logits_distill_weight, summarization.attention_distill_weight) == (1.0, 1e3)
     with pytest.raises(ValueError, match="attention_distill_weight=-1.0 must be a finite number >= 0"):
         arguments(workspace, tmp_path, attention_distill_weight=-1.0)
-    with pytest.raises(ValueError, match=r"\['warmup'\] are not DistillOptions fields"):
+    with pytest.raises(ValueError, match=r"\['warmup'\] are neither DistillOptions fields nor learning_rate"):
         Row("typo", options=(("warmup", 1),))
-    with pytest.raises(ValueError, match=r"\['kd'\] are not DistillOptions fields"):
+    with pytest.raises(ValueError, match=r"\['kd'\] are neither DistillOptions fields nor learning_rate"):
         Row("typo", pretrain_options=(("kd", 1),))
+    fast = Row("fast", options=(("learning_rate", 1e-3),))  # a row may set its own learning rate
+    assert pipe.row_options(fast)["learning_rate"] == 1e-3
 
 
 def test_a_row_with_stage_2_options_pretrains_in_its_own_folder(workspace, tmp_path):
@@ -208,7 +210,7 @@ def test_a_row_with_stage_2_options_pretrains_in_its_own_folder(workspace, tmp_p
 def test_the_recipe_row_fine_tunes_the_converted_model_with_warm_up_and_logits_kd(workspace, tmp_path):
     out = tmp_path / "run"
     args = arguments(workspace, out, rows=["fp16_sft", "recipe"], teacher_steps=1, steps=3, stages=["teacher",
-                     "convert", "pretrain", "distill"])
+                     "convert", "pretrain", "distill"], bitnet_lr_decay=0.34)
     pipe = Pipeline(args)
     options = pipe.row_options(ROWS["recipe"])
     assert (options["logits_distill_weight"], options["attention_distill_weight"]) == (10.0, 0.0)
@@ -221,6 +223,13 @@ def test_the_recipe_row_fine_tunes_the_converted_model_with_warm_up_and_logits_k
     options = json.loads((out / "recipe/final/training_args.json").read_text())
     assert options["quantization_warmup_steps"] == pytest.approx(1 / 6) and options["attention_distill_weight"] == 0
     assert not list(out.glob("pretrain-*"))  # no stage 2
+    # --bitnet-lr-decay 0.34: constant learning rate, then a decay over the last third (1 of 3 steps)
+    assert (options["lr_scheduler_type"], options["lr_scheduler_kwargs"]) == ("warmup_stable_decay",
+                                                                              {"num_decay_steps": 1})
+    teacher = json.loads((out / "teacher/final/training_args.json").read_text())
+    assert teacher["lr_scheduler_type"] == "cosine"  # the teacher keeps its schedule
+    with pytest.raises(ValueError, match="--bitnet-lr-decay 0.0 must be in"):
+        arguments(workspace, out, bitnet_lr_decay=0.0)
 
 
 def test_a_reconstruct_row_reconstructs_the_converted_blocks_before_fine_tuning(workspace, tmp_path, monkeypatch):
