@@ -24,13 +24,16 @@ def row(record: dict) -> str:
     gamma = a.get("gamma") or 0
     relation = f"{gamma:g}, {a.get('kind', 'scaled_dot')}" if gamma else "-"
     hidden = f"{a['hidden']:g}" if a.get("hidden") else "-"
+    schedule = a.get("scheduler", "cosine")
+    if schedule == "warmup_stable_decay":
+        schedule = f"constant, decay over the last {a['decay_steps']} steps"
     if "scoring" in record:  # scored deployed, in float32, by the probe itself
         in_training, deployed = "-", f"**{accuracy:.2f}**"
     else:  # scored as the model was at the end of training, with the scoring of the time (SDPA, shifted positions)
         in_training = f"{accuracy:.2f}"
         deployed = f"**{record['rescored']['deployed']:.2f}**" if "rescored" in record else "-"
     return (f"| {record['name']} | {start} | {a['steps']} x {a.get('batch', 16)} ({a.get('train_size', 2400)} ex.) | "
-            f"{a.get('lr', 2e-4):g} {a.get('scheduler', 'cosine')} | {warmup} | {logits} | {relation} | {hidden} | "
+            f"{a.get('lr', 2e-4):g} {schedule} | {warmup} | {logits} | {relation} | {hidden} | "
             f"{in_training} | {deployed} | {record.get('train_seconds', 0) / 60:.0f} |")
 
 
