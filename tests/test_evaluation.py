@@ -56,9 +56,14 @@ def test_ternary_scores_do_not_depend_on_the_batch_size(packed):
     seen = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: seen.append((kw["attention_mask"], kw["position_ids"])),
                                            with_kwargs=True)
+    # Packed: the kernels sum integers, exact at any batch shape. The training forward multiplies dequantized floats:
+    # on some CPUs (an AMD EPYC here) the float GEMM rounds by batch shape and may flip one rounding tie (measured:
+    # 8e-4 on one score), so there the scores agree to 1e-2 and every prediction is the same.
+    tolerance = 1e-5 if packed else 1e-2
     for batch_size in (1, 4, len(data)):
         result = evaluate_model(model, tok, task, data, batch_size=batch_size, progress=False)
-        assert torch.tensor(result.scores) == pytest.approx(torch.tensor(alone), abs=1e-5, rel=0)
+        assert torch.tensor(result.scores) == pytest.approx(torch.tensor(alone), abs=tolerance, rel=0)
+        assert torch.equal(torch.tensor(result.scores).argmax(-1), torch.tensor(alone).argmax(-1))
     hook.remove()
     # each left-padded prompt at the positions it has alone (what a real model needs: shifted positions changed
     # SmolLM2's float32 scores by 0.87 even with eager attention)
