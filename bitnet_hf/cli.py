@@ -515,14 +515,9 @@ def _tokenizer_or_none(path: str, auto_tokenizer):  # noqa: ANN001, ANN202 - Aut
 def _iter_texts(path: Path, field: str) -> Iterator[str]:
     """The non-blank texts of a calibration file or folder, lazily (any format ``load_text_dataset`` reads; plain
     text files have their lines in the ``text`` column)."""
-    from .data import load_text_dataset, require_columns
+    from .data import iter_texts, load_text_dataset
 
-    dataset = load_text_dataset(path)
-    require_columns(dataset, [field], f"--calibration-data {path}")
-    for row in dataset.select_columns([field]):  # row by row: a large file's column is not read whole
-        text = row[field]
-        if isinstance(text, str) and text.strip():
-            yield text.strip()
+    return iter_texts(load_text_dataset(path), field, f"--calibration-data {path}")
 
 
 def _read_texts(path: Path, field: str, limit: int) -> list[str]:

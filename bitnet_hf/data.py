@@ -3,7 +3,7 @@ continued pre-training. Everything is a ``datasets`` dataset (map-style or strea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -57,6 +57,16 @@ def require_columns(dataset: Dataset | IterableDataset, columns: Sequence[str], 
     if missing:
         raise ValueError(f"{what} has no column {', '.join(map(repr, missing))} (columns: {', '.join(have)}); "
                          f"name the right one with the matching --*-field option")
+
+
+def iter_texts(dataset: Dataset | IterableDataset, field: str, what: str) -> Iterator[str]:
+    """The non-blank texts of column ``field``, stripped, row by row (a large file's column is not read whole);
+    a missing column is an error naming ``what``."""
+    require_columns(dataset, [field], what)
+    for row in dataset.select_columns([field]):
+        text = row[field]
+        if isinstance(text, str) and text.strip():
+            yield text.strip()
 
 
 def tokenize_prompt_completion(dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase,

@@ -45,8 +45,9 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     token scores highest after the prompt (tokens/s counts prompt tokens). The scores do not depend on the batch
     size in float32 for packed models, whose kernels sum integers (equal to 1e-5 in ``tests/test_evaluation.py``; a
     training model's float GEMMs may round by batch shape on some CPUs and flip a rounding tie): left-padded
-    prompts keep the positions they have alone, and attention runs eager for the call, because SDPA takes other kernels for padded batches and its
-    float differences flip int8 activation rounding ties, which a ternary model amplifies (0.6 logits on SmolLM2).
+    prompts keep the positions they have alone, and attention runs eager for the call, because SDPA takes other
+    kernels for padded batches and its float differences flip int8 activation rounding ties, which a ternary model
+    amplifies (0.6 logits on SmolLM2).
     In bf16 the matmuls themselves round differently with the batch shape (0.4 logits on SmolLM2 at batch 32):
     score in float32 for numbers that do not depend on the batch size. ``method="generate"``: greedy
     generation, right when the text is the label word (anything else is wrong); tokens/s counts generated tokens.

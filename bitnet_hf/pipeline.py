@@ -38,7 +38,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .checks import check_checkpoint, check_output_folder, check_same_vocabulary, check_tokenizer
 from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
-from .data import load_text_dataset, require_columns
+from .data import iter_texts, load_text_dataset, require_columns
 from .distill import BitDistillConfig, BitDistillTrainer
 from .distill.config import DistillOptions
 from .distill.trainer import load_for_training
@@ -301,12 +301,13 @@ class Pipeline:
         if (path / "config.json").is_file():
             logger.info("%s exists, skipping", path)
             return
-        texts = (t for t in load_text_dataset(a.corpus)[a.corpus_field] if isinstance(t, str) and t.strip())
-        sequences = calibration_sequences(texts, self.tokenizer, a.reconstruction_options())
+        options = a.reconstruction_options()
+        texts = iter_texts(load_text_dataset(a.corpus), a.corpus_field, f"the corpus {a.corpus}")
+        sequences = calibration_sequences(texts, self.tokenizer, options)
         converted = self.out / f"convert-{subln}"
         _, results = reconstruct_checkpoint(
             path, lambda: AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32), a.base, sequences,
-            a.reconstruction_options(), tokenizer=self.tokenizer, overwrite=True)
+            options, tokenizer=self.tokenizer, overwrite=True)
         logger.info(summary(results))
 
     def _pretrain(self, row: Row, folder: str, student: Path) -> None:

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,8 @@ class ReconstructionOptions:
                              "calibration sequences")
 
     def reconstruction_options(self) -> ReconstructionOptions:
-        return ReconstructionOptions(**{k: getattr(self, k) for k in asdict(ReconstructionOptions())})
+        """These options alone (from a dataclass that has them among others, such as the pipeline's)."""
+        return ReconstructionOptions(**{f.name: getattr(self, f.name) for f in fields(ReconstructionOptions)})
 
 
 @dataclass
@@ -124,9 +125,7 @@ def reconstruct_blocks(student: PreTrainedModel, reference: PreTrainedModel, inp
     if input_ids.dim() != 2 or input_ids.shape[0] < options.reconstruct_batch_size:
         raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: the reconstruction needs at least "
                          f"reconstruct_batch_size={options.reconstruct_batch_size} sequences (rows)")
-    done: list[BlockResult] = []
-    if checkpoint_dir is not None and resume_point(checkpoint_dir, options):
-        done = [BlockResult(**b) for b in json.loads((Path(checkpoint_dir) / STATE_FILE).read_text())["blocks"]]
+    done = _saved_blocks(checkpoint_dir, options) if checkpoint_dir is not None else []
     from .warmup import set_quantization_strength
 
     attention = student.config._attn_implementation
@@ -191,14 +190,18 @@ def reconstruct_checkpoint(out: str | os.PathLike, student: Callable[[], PreTrai
 def resume_point(checkpoint_dir: str | os.PathLike, options: ReconstructionOptions) -> int:
     """How many blocks a reconstruction saved in ``checkpoint_dir`` has done (0 when none); a checkpoint made with
     other options is an error (resuming it would mix two budgets)."""
+    return len(_saved_blocks(checkpoint_dir, options))
+
+
+def _saved_blocks(checkpoint_dir: str | os.PathLike, options: ReconstructionOptions) -> list[BlockResult]:
     state = Path(checkpoint_dir) / STATE_FILE
     if not state.is_file():
-        return 0
+        return []
     saved = json.loads(state.read_text())
     if saved["options"] != asdict(options):
         raise ValueError(f"{checkpoint_dir} holds a reconstruction made with other options ({saved['options']}); "
                          "remove it, or rerun with those options")
-    return len(saved["blocks"])
+    return [BlockResult(**b) for b in saved["blocks"]]
 
 
 def summary(results: list[BlockResult]) -> str:

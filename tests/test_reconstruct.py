@@ -3,6 +3,7 @@ full-precision one, resumes to the same weights after an interruption, and refus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -30,6 +31,21 @@ def _pair(family: str):
     """The FP model and its conversion, SubLN gains calibrated (as a user converts)."""
     return tiny_model(family), convert_to_bitnet(tiny_model(family), subln="paper",
                                                  calibration_batches=[{"input_ids": CALIBRATION}])
+
+
+@contextlib.contextmanager
+def killed_at_block_1(monkeypatch):
+    """Inside: the reconstruction stops (KeyboardInterrupt, which the block expects) when it reaches block 1."""
+    train_block = reconstruct_module._train_block
+
+    def train(index, *args, **kwargs):
+        if index == 1:
+            raise KeyboardInterrupt
+        return train_block(index, *args, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(reconstruct_module, "_train_block", train)
+        yield
 
 
 def _logits_kl(student, reference, ids) -> float:
@@ -63,17 +79,8 @@ def test_an_interrupted_reconstruction_resumes_to_the_same_weights(tmp_path, mon
     _, uninterrupted = _pair("llama")
     reconstruct_blocks(uninterrupted, reference, calibration, options)
 
-    train_block = reconstruct_module._train_block
-
-    def killed_at_block_1(index, *args, **kwargs):
-        if index == 1:
-            raise KeyboardInterrupt
-        return train_block(index, *args, **kwargs)
-
-    monkeypatch.setattr(reconstruct_module, "_train_block", killed_at_block_1)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_block_1(monkeypatch):
         reconstruct_blocks(student, reference, calibration, options, checkpoint_dir=tmp_path / "ck")
-    monkeypatch.setattr(reconstruct_module, "_train_block", train_block)
     assert resume_point(tmp_path / "ck", options) == 1
     resumed = type(student).from_pretrained(tmp_path / "ck")
     results = reconstruct_blocks(resumed, reference, calibration, options, checkpoint_dir=tmp_path / "ck")
@@ -148,20 +155,11 @@ def test_cli_convert_resumes_an_interrupted_reconstruction(tmp_path, monkeypatch
     data.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog" for i in range(40)))
     argv = ["convert", str(src), str(tmp_path / "out"), "--calibration-data", str(data), "--reconstruct-steps", "5",
             "--reconstruct-sequences", "8", "--reconstruct-sequence-length", "32"]
-    train_block = reconstruct_module._train_block
-
-    def killed_at_block_1(index, *args, **kwargs):
-        if index == 1:
-            raise KeyboardInterrupt
-        return train_block(index, *args, **kwargs)
-
-    monkeypatch.setattr(reconstruct_module, "_train_block", killed_at_block_1)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_block_1(monkeypatch):
         main(argv)
     assert not (tmp_path / "out").exists()
     first = json.loads((tmp_path / "out.partial" / STATE_FILE).read_text())["blocks"]
     assert len(first) == 1
-    monkeypatch.setattr(reconstruct_module, "_train_block", train_block)
     assert main(argv) == 0
     blocks = json.loads((tmp_path / "out" / STATE_FILE).read_text())["blocks"]
     assert len(blocks) == 2 and blocks[0] == first[0]  # block 0 was not trained again
