@@ -76,6 +76,7 @@ def test_config_defaults_presets_and_parsing(tmp_path):
     (dict(logits_distill_tokens="prompt"), "logits_distill_tokens='prompt'"),
     (dict(max_steps=0), "max_steps=0 trains nothing"),
     (dict(quantization_warmup_steps=-1), "quantization_warmup_steps=-1 must be a finite number >= 0"),
+    (dict(full_precision_lr_ratio=float("inf")), "full_precision_lr_ratio=inf must be a finite number >= 0"),
 ])
 def test_config_rejects_bad_values(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
@@ -198,6 +199,45 @@ def test_quantization_warmup_follows_the_step(tmp_path):
                                                                   attention_distill_weight=0.0),
                            train_dataset=token_dataset())
     with pytest.raises(ValueError, match="has no BitLinear layers: it is not a BitNet training model"):
+        fp.train()
+
+
+def test_full_precision_parameters_train_at_their_own_learning_rate(tmp_path):
+    """``full_precision_lr_ratio`` scales the learning rate of everything but the ternary latent weights, through
+    the whole schedule; at 0 those parameters do not move while the latent weights do."""
+    from transformers import TrainerCallback
+
+    from bitnet_hf import BitLinear
+
+    student = convert_to_bitnet(tiny_model("llama"))
+    ternary = {id(m.weight) for m in student.modules() if isinstance(m, BitLinear)}
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    ratios = []
+
+    class Probe(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            lrs = {all(id(p) in ternary for p in g["params"]): g["lr"] for g in optimizer.param_groups}
+            ratios.append((lrs[False] / lrs[True], lrs[True]))
+
+    args = config(tmp_path, max_steps=4, full_precision_lr_ratio=0.25, logits_distill_weight=0.0,
+                  attention_distill_weight=0.0, lr_scheduler_type="cosine", weight_decay=0.1)
+    trainer = BitDistillTrainer(model=student, args=args, train_dataset=token_dataset(n=16), callbacks=[Probe()])
+    trainer.train()
+    groups = trainer.optimizer.param_groups
+    params = [id(p) for g in groups for p in g["params"]]
+    assert sorted(params) == sorted(id(p) for p in student.parameters()) and len(groups) == 3  # decayed: ternary, embeddings; not decayed: norms
+    assert [r for r, _ in ratios] == pytest.approx([0.25] * 4) and ratios[0][1] > ratios[-1][1]
+    args = config(tmp_path, full_precision_lr_ratio=0.0, logits_distill_weight=0.0, attention_distill_weight=0.0)
+    frozen = BitDistillTrainer(model=student, args=args, train_dataset=token_dataset())
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    frozen.train()
+    moved = {n for n, p in student.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {n for n, p in student.named_parameters() if id(p) in ternary}
+    fp = BitDistillTrainer(model=tiny_model("llama"), args=config(tmp_path, full_precision_lr_ratio=0.5,
+                                                                  logits_distill_weight=0.0,
+                                                                  attention_distill_weight=0.0),
+                           train_dataset=token_dataset())
+    with pytest.raises(ValueError, match="no BitLinear layers: it is not a BitNet training model"):
         fp.train()
 
 

@@ -47,6 +47,9 @@ class DistillOptions:
         quantization_warmup_steps: optimizer steps over which the BitNet quantizers are blended in, from full
             precision to ternary (``bitnet_hf.warmup``), or a fraction of the stage's steps when below 1 (like
             ``warmup_steps``); 0 (default): ternary from the first step.
+        full_precision_lr_ratio: the learning rate of the parameters that stay full precision (embeddings, the
+            head, norms, SubLN gains) as a fraction of ``learning_rate``, which the ternary layers' latent weights
+            train at. 1 (default): one learning rate for all.
     """
 
     distill_preset: str | None = field(default=None, metadata={
@@ -72,6 +75,9 @@ class DistillOptions:
     quantization_warmup_steps: float = field(default=0, metadata={
         "help": "steps over which the quantizers are blended in from full precision, or a fraction of the stage's "
         "steps when < 1 (0: ternary from the start)"})
+    full_precision_lr_ratio: float = field(default=1.0, metadata={
+        "help": "learning rate of the full-precision parameters (embeddings, head, norms) as a fraction of "
+        "learning_rate, which the ternary layers train at (1: one learning rate)"})
 
     def __post_init__(self) -> None:
         if self.distill_preset is not None and self.distill_preset not in PRESETS:
@@ -82,7 +88,7 @@ class DistillOptions:
         if self.attention_distill_weight is None:
             self.attention_distill_weight = gamma
         for name in ("logits_distill_weight", "attention_distill_weight", "hidden_distill_weight",
-                     "quantization_warmup_steps"):
+                     "quantization_warmup_steps", "full_precision_lr_ratio"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={value} must be a finite number >= 0")

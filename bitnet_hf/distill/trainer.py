@@ -187,6 +187,31 @@ class BitDistillTrainer(Trainer):
             teacher.to(self.accelerator.device)
         return self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
+    # ---- the optimizer ----
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The ``Trainer``'s optimizer, with the full-precision parameters (everything but the latent weights of
+        ternary layers) at ``full_precision_lr_ratio`` times the learning rate, in groups of their own."""
+        optimizer = super().create_optimizer(model)
+        ratio = self.args.full_precision_lr_ratio
+        if ratio == 1.0:
+            return optimizer
+        ternary = {id(m.weight) for m in (model or self.model).modules() if isinstance(m, BitLinear)}
+        if not ternary:
+            raise ValueError(f"full_precision_lr_ratio={ratio} but the model has no BitLinear layers: it is not a "
+                             "BitNet training model (convert it with bitnet_hf.convert_to_bitnet first, or leave the "
+                             "ratio at 1)")
+        groups = []
+        for group in optimizer.param_groups:
+            kept = [p for p in group["params"] if id(p) in ternary]
+            other = [p for p in group["params"] if id(p) not in ternary]
+            groups += [{**group, "params": kept}] if kept else []
+            groups += [{**group, "params": other, "lr": group["lr"] * ratio}] if other else []
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
+
     # ---- the loss ----
 
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int,
