@@ -21,6 +21,8 @@ def row(record: dict) -> str:
     warmup = f"{warmup:g} steps" if warmup >= 1 else (f"{warmup:.2f} of the steps" if warmup else "-")
     lam = a.get("lam") or 0
     logits = f"{lam:g}, {'all tokens' if a.get('kd_tokens') == 'all' else 'answer'}" if lam else "-"
+    if lam and a.get("temperature", 5.0) != 5.0:
+        logits += f", T={a['temperature']:g}"
     gamma = a.get("gamma") or 0
     relation = f"{gamma:g}, {a.get('kind', 'scaled_dot')}" if gamma else "-"
     hidden = f"{a['hidden']:g}" if a.get("hidden") else "-"

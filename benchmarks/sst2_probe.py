@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--gamma", type=float, default=0.0, help="attention_distill_weight")
     p.add_argument("--kind", default="scaled_dot", help="relation_kind")
     p.add_argument("--hidden", type=float, default=0.0, help="hidden_distill_weight")
+    p.add_argument("--temperature", type=float, default=5.0, help="distill_temperature")
     p.add_argument("--fp-lr-ratio", type=float, default=1.0, help="full_precision_lr_ratio")
     p.add_argument("--kd-tokens", default="loss", help="logits_distill_tokens")
     p.add_argument("--train-size", type=int, default=2400)
@@ -67,7 +68,7 @@ def main() -> None:
         output_dir=f"{a.output_dir}/probe-{a.name}", max_steps=a.steps, per_device_train_batch_size=a.batch,
         learning_rate=a.lr, lr_scheduler_type=a.scheduler, warmup_steps=0.05,
         lr_scheduler_kwargs={"num_decay_steps": a.decay_steps} if a.decay_steps else {}, logging_steps=10, save_strategy="no",
-        bf16=True, use_cpu=True, seed=42, report_to="none", logits_distill_weight=a.lam,
+        bf16=True, use_cpu=True, seed=42, report_to="none", logits_distill_weight=a.lam, distill_temperature=a.temperature,
         attention_distill_weight=a.gamma, hidden_distill_weight=a.hidden, relation_kind=a.kind, logits_distill_tokens=a.kd_tokens,
         quantization_warmup_steps=a.warmup, full_precision_lr_ratio=a.fp_lr_ratio, loss_tokens="completion", max_length=256)
     start = time.perf_counter()
