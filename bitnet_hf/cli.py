@@ -453,9 +453,14 @@ def _add_bench_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpars
                        description="Build the same model in bf16, fp32 and packed ternary (lm_head full, int8, "
                        "int4; bf16 and int4 also with compiled decoding), "
                        "load each in its own process and measure decode and prefill speed inside generate, peak "
-                       "RSS and checkpoint size, in interleaved rounds; print ratios to bf16. Default subject: a "
-                       "random model of Qwen3-0.6B's shape.")
+                       "RSS and checkpoint size, in interleaved rounds; print ratios to bf16. With llama-cpp-python "
+                       "installed, also llama.cpp on GGUF exports of the same models: the ternary one (TQ2_0, TQ1_0) "
+                       "and the full-precision one (F16, and Q8_0 / Q4_K_M by llama.cpp's quantizer), for "
+                       "Llama-family subjects. Default subject: a random model of Qwen3-0.6B's shape.")
     p.add_argument("--checkpoint", help="a full-precision or packed BitNet checkpoint folder instead of the default")
+    p.add_argument("--family", choices=("qwen3", "llama"), default="qwen3",
+                   help="family of the random default subject: qwen3, or llama (a Llama of the same dimensions, "
+                   "which llama.cpp's bitnet graph runs)")
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
@@ -478,7 +483,7 @@ def _bench(args: argparse.Namespace) -> int:
         check_checkpoint(args.checkpoint, "--checkpoint")
     variants = None if args.variants is None else [v.strip() for v in args.variants.split(",")]
     result = run(args.checkpoint, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, threads=args.threads,
-                 rounds=args.rounds, variants=variants, profile=args.profile)
+                 rounds=args.rounds, variants=variants, profile=args.profile, family=args.family)
     text = report(result)
     print(text)
     profile = result["final"].get("packed", {}).get("profile")

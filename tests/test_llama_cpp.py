@@ -129,3 +129,39 @@ def test_smollm2_in_llama_cpp(tmp_path, monkeypatch):
               f"{to_int8:.3f} (per-token int8)")
         assert greedy == expected, kind  # measured: the same 16 tokens for both types
         assert to_plain < tolerance and to_plain < to_int8 / 2  # measured: f16 0.01 and q4_0 0.30 against 0.78
+
+
+def test_bench_runs_llama_cpp_beside_our_model(tmp_path, capsys):
+    """``bitnet-hf bench`` runs llama.cpp on the GGUF exports of the same model (the ternary one as TQ2_0 / TQ1_0,
+    the full-precision one as F16 and llama.cpp's own Q8_0 / Q4_K_M) in the same rounds as our variants, and says
+    which llama.cpp rows cannot run and why."""
+    import json
+
+    from bitnet_hf.cli import main
+
+    tokenizer = bpe_tokenizer()
+    fp = tiny_model("llama", hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+                    num_hidden_layers=2, vocab_size=len(tokenizer) + PAD_ROWS)
+    folder = save_checkpoint(fp, tmp_path / "fp", tokenizer=tokenizer)
+    out = tmp_path / "result.md"
+    ours = ["bf16", "packed"]
+    theirs = ["llama.cpp F16", "llama.cpp Q8_0", "llama.cpp Q4_K_M", "llama.cpp TQ2_0", "llama.cpp TQ1_0"]
+    assert main(["bench", "--checkpoint", str(folder), "--prompt-tokens", "4", "--new-tokens", "3", "--threads", "1",
+                 "--rounds", "2", "--variants", ",".join(ours + theirs), "--output", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert list(result["per_round"]) == ours + theirs
+    assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 for v in result["per_round"].values() for r in v)
+    assert [result["load"][name]["kernel"] for name in theirs] == [
+        "llama.cpp F16", "llama.cpp Q8_0", "llama.cpp Q4_K_M", "llama.cpp TQ2_0", "llama.cpp TQ1_0"]
+    size = result["checkpoint_bytes"]
+    assert size["llama.cpp TQ1_0"] < size["llama.cpp TQ2_0"] < size["llama.cpp Q4_K_M"] < size["llama.cpp Q8_0"] < (
+        size["llama.cpp F16"])
+    assert "| llama.cpp TQ2_0 | llama.cpp TQ2_0 |" in capsys.readouterr().out
+    # asked for what cannot run: the reason, before any measurement
+    assert main(["bench", "--checkpoint", str(folder), "--variants", "bf16,llama.cpp Q4_0 ternary"]) == 2
+    assert "TQ2_0 holds this model's rows" in capsys.readouterr().err
+    qwen3 = tmp_path / "qwen3"
+    tiny_model("qwen3", vocab_size=len(tokenizer)).save_pretrained(qwen3)
+    tokenizer.save_pretrained(qwen3)
+    assert main(["bench", "--checkpoint", str(qwen3), "--variants", "bf16,llama.cpp TQ2_0"]) == 2
+    assert "Qwen3 normalises q and k" in capsys.readouterr().err
