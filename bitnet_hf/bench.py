@@ -61,6 +61,7 @@ _VARIANT_SPECS = (
     ("packed+int4 head", "packed", "bfloat16", "int4", False),
     ("bf16 compiled", "bf16", "bfloat16", None, True),
     ("packed+int4 head compiled", "packed", "bfloat16", "int4", True),
+    ("packed+int4 exact-top head compiled", "packed", "bfloat16", "int4_exact_top", True),
 )
 # name, model ("fp" or "ternary"), GGUF type: llama.cpp rows, when llama-cpp-python is installed
 _LLAMA_CPP_SPECS = (

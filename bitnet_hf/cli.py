@@ -451,7 +451,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _add_bench_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     p = sub.add_parser("bench", help="CPU speed, memory and size: bf16 vs fp32 vs packed ternary, side by side",
                        description="Build the same model in bf16, fp32 and packed ternary (lm_head full, int8, "
-                       "int4; bf16 and int4 also with compiled decoding), "
+                       "int4; bf16, int4 and int4 with exact top logits also with compiled decoding), "
                        "load each in its own process and measure decode and prefill speed inside generate, peak "
                        "RSS and checkpoint size, in interleaved rounds; print ratios to bf16. With llama-cpp-python "
                        "installed, also llama.cpp on GGUF exports of the same models: the ternary one (TQ2_0, TQ1_0) "

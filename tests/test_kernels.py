@@ -307,6 +307,50 @@ def test_quantized_lm_head_option(mode, tolerance, tmp_path):
         AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head="int2")
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_int4_head_with_exact_top_logits(tied, tmp_path, monkeypatch):
+    """``int4_exact_top``: each token's highest int4 logits are recomputed from the stored rows, read from the
+    checkpoint file (tied or not): there they are the exact head's, elsewhere the int4 head's; greedy decoding is the
+    exact head's; the model compiles in one graph."""
+    from transformers import AutoModelForCausalLM
+
+    import bitnet_hf.models.layers as layers
+    from bitnet_hf import save_checkpoint
+
+    monkeypatch.setattr(layers, "EXACT_TOP", 8)  # of the tiny model's 64-token vocabulary
+    path = tmp_path / "packed"
+    fp = tiny_model("llama", tie_word_embeddings=tied)
+    save_checkpoint(pack_bitnet(convert_to_bitnet(fp).eval()), path)
+    full = AutoModelForCausalLM.from_pretrained(path).eval()
+    int4 = AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head="int4").eval()
+    model = AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head="int4_exact_top").eval()
+    head = model.lm_head
+    assert head.rows_source is not None and head.rows_source[0] == str((path / "model.safetensors").resolve())
+    x = tokens(batch=2, length=7)
+    with torch.no_grad():
+        exact, approximate, logits = (m(x).logits.float() for m in (full, int4, model))
+        top = approximate.topk(8, dim=-1).indices
+        recomputed = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top, True)
+        assert recomputed.sum(-1).eq(8).all() and (~recomputed).any()
+        torch.testing.assert_close(logits[recomputed], exact[recomputed], rtol=1e-2, atol=1e-2)  # bf16 rounding
+        assert torch.equal(logits[~recomputed], approximate[~recomputed])
+        assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+        assert torch.equal(model.generate(x, max_new_tokens=4, do_sample=False, pad_token_id=0),
+                           full.generate(x, max_new_tokens=4, do_sample=False, pad_token_id=0))
+        mapped = head.weight.data  # the rows come from the file, not from the weight
+        head.weight.data = torch.zeros_like(mapped)
+        assert torch.equal(head._rows(top), full.lm_head.weight[top]) and full.lm_head.weight[top].abs().sum() > 0
+        head.weight.data = mapped
+        torch._dynamo.reset()
+        with kernel("torch"):
+            expected = model(x).logits
+            assert torch.equal(torch.compile(model, backend="aot_eager", fullgraph=True)(x).logits, expected)
+        torch._dynamo.reset()
+    save_checkpoint(model, tmp_path / "again")
+    assert model.lm_head.rows_source is None  # the matrix is in RAM now, and the file may change
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (path / "model.safetensors").read_bytes()
+
+
 def test_int4_head_packed_in_blocks_equals_packing_the_whole_matrix():
     """The int4 head is packed 4096 rows at a time (no 600 MB int32 matrix for a 151936-row head); PyTorch's layout
     packs 64-row blocks independently, so the result is the very tensor packing everything at once gives."""

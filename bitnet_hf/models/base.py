@@ -48,7 +48,8 @@ class BitNetConfigMixin:
             (``PackedBitLinear``) instead of latent full-precision weights (``BitLinear``).
         bitnet_lm_head: how a packed causal LM multiplies with its output head on CPU: ``"full"`` with the stored
             weight (exact), ``"int8"`` or ``"int4"`` with a quantized copy made at load (``QuantizedLMHead``;
-            faster, at the accuracy cost measured in the README). The file is the same for all three; choose at
+            faster, at the accuracy cost measured in the README), or ``"int4_exact_top"``: int4, with each token's
+            64 highest logits recomputed from the stored rows (greedy decoding as with the exact head). The file is the same for all three; choose at
             load with ``from_pretrained(path, bitnet_lm_head="int8")``, which then also leaves the bf16
             embedding matrix in the file, memory-mapped, and reads looked-up rows from it (see
             ``BitNetModelMixin.from_pretrained``).
@@ -114,7 +115,7 @@ class BitNetModelMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
-        """transformers' ``from_pretrained``; with a quantized head (``bitnet_lm_head="int8"|"int4"``) on CPU it then
+        """transformers' ``from_pretrained``; with a quantized head (``bitnet_lm_head="int8"|"int4"|...``) on CPU it then
         makes the head's quantized copy and maps the full-precision embedding/head matrix from the safetensors file
         (copy-on-write, read-only use) instead of holding it in RAM. The embedding reads the rows it looks up from
         the file (``FileRowsEmbedding``), so only those enter memory; gradients and ``save_pretrained`` still see
@@ -169,13 +170,18 @@ class BitNetModelMixin:
                     view, file = views.pop(id(parameter))
                     parameter.data = view
                     model._bitnet_mapped.append(parameter)
+                    offset = view.storage_offset() * view.element_size()
                     if parameter is embedding.weight and isinstance(embedding, nn.Embedding):
-                        FileRowsEmbedding.attach(embedding, file, view.storage_offset() * view.element_size())
+                        FileRowsEmbedding.attach(embedding, file, offset)
+                    if parameter is head.weight:
+                        head.rows_source = (str(file), file.stat().st_ino, offset)
             _return_free_memory()
         return loaded
 
     def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
         FileRowsEmbedding.detach(self.get_input_embeddings())
+        if isinstance(getattr(self, "lm_head", None), QuantizedLMHead):
+            self.lm_head.rows_source = None
         for parameter in getattr(self, "_bitnet_mapped", ()):
             parameter.data = parameter.data.clone()  # into RAM: the save may overwrite the mapped file
         self._bitnet_mapped = []

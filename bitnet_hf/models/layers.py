@@ -220,7 +220,8 @@ class FusedProjections:
         return outs[self.members.index(member)]
 
 
-LM_HEAD_MODES = ("full", "int8", "int4")
+LM_HEAD_MODES = ("full", "int8", "int4", "int4_exact_top")
+EXACT_TOP = 64  # logits that ``int4_exact_top`` recomputes from the stored rows, per token
 
 
 class QuantizedLMHead(nn.Linear):
@@ -228,7 +229,10 @@ class QuantizedLMHead(nn.Linear):
     ``bitnet_lm_head``); the weight Parameter itself stays as it is (tied to the embeddings, saved unchanged).
 
     * ``int8``: one absmax scale per output row, ``_weight_int8pack_mm`` (int8 weights, activations unquantized);
-    * ``int4``: groups of 32 columns, asymmetric min/max (16 levels), ``_weight_int4pack_mm_for_cpu``.
+    * ``int4``: groups of 32 columns, asymmetric min/max (16 levels), ``_weight_int4pack_mm_for_cpu``;
+    * ``int4_exact_top``: ``int4`` for the whole vocabulary, then each token's ``EXACT_TOP`` highest logits recomputed
+      from the stored rows (read with ``pread`` when the matrix stays in the file, see ``rows_source``): the top of
+      the distribution, and so greedy and top-k decoding, is the exact head's, the rest int4's.
 
     The copy is made by ``from_pretrained`` (for the model's dtype), else at the first call on CPU (for the input's
     dtype); gradients, other devices and other dtypes use the full-precision weight.
@@ -241,6 +245,9 @@ class QuantizedLMHead(nn.Linear):
             raise ValueError(f"QuantizedLMHead mode must be one of {LM_HEAD_MODES[1:]}, got {mode!r}")
         self.mode = mode
         self._quantized: tuple[torch.dtype, torch.Tensor, torch.Tensor] | None = None
+        # (path, inode, byte offset) of the matrix in the checkpoint file, set by from_pretrained: exact rows are
+        # then read from the file instead of through the weight's memory map
+        self.rows_source: tuple[str, int, int] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mode: str) -> QuantizedLMHead:
@@ -260,10 +267,22 @@ class QuantizedLMHead(nn.Linear):
             y = torch.ops.aten._weight_int8pack_mm(rows, weight, scales)
         else:
             k_pad = scales.shape[0] * 32 - self.in_features
-            rows = F.pad(rows, (0, k_pad)) if k_pad else rows
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), weight, 32, scales)[:, :self.out_features]
+            padded = F.pad(rows, (0, k_pad)) if k_pad else rows
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(padded.contiguous(), weight, 32, scales)[:, :self.out_features]
+        if self.mode == "int4_exact_top":
+            top = y.topk(min(EXACT_TOP, self.out_features), dim=-1).indices
+            exact = torch.bmm(self._rows(top).to(rows.dtype), rows.unsqueeze(-1)).squeeze(-1)
+            y = y.scatter(-1, top, exact.to(y.dtype))
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of the stored matrix: from the file when it stays there, else from the weight."""
+        if self.rows_source is None:
+            return self.weight.detach()[ids]
+        path, inode, offset = self.rows_source
+        return torch.ops.bitnet_hf.read_rows(ids, path, inode, offset, self.out_features, self.in_features,
+                                             self.weight.dtype)
 
     def prepare(self, dtype: torch.dtype, weight: torch.Tensor | None = None) -> None:
         """Make the quantized copy for ``dtype`` activations now (``from_pretrained`` does, for the model's dtype),
@@ -280,6 +299,7 @@ class QuantizedLMHead(nn.Linear):
         to the peak memory)."""
         out_features, in_features = weight.shape
         chunk = 4096
+        mode = "int4" if mode == "int4_exact_top" else mode
         if mode == "int8":
             q = torch.empty(out_features, in_features, dtype=torch.int8)
             scales = torch.empty(out_features, dtype=torch.float32)
