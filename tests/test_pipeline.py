@@ -209,23 +209,27 @@ def test_a_row_with_stage_2_options_pretrains_in_its_own_folder(workspace, tmp_p
 
 def test_the_recipe_row_fine_tunes_the_converted_model_with_warm_up_and_logits_kd(workspace, tmp_path):
     out = tmp_path / "run"
-    args = arguments(workspace, out, rows=["fp16_sft", "recipe"], teacher_steps=1, steps=3, stages=["teacher",
-                     "convert", "pretrain", "distill"], bitnet_lr_decay=0.34)
+    args = arguments(workspace, out, rows=["fp16_sft", "bitnet_sft", "recipe"], teacher_steps=1, steps=5,
+                     stages=["teacher", "bitnet_sft", "convert", "pretrain", "distill"], bitnet_lr_decay=0.4)
     pipe = Pipeline(args)
     options = pipe.row_options(ROWS["recipe"])
     assert (options["logits_distill_weight"], options["attention_distill_weight"]) == (10.0, 0.0)
-    assert options["quantization_warmup_steps"] == pytest.approx(1 / 6)
+    assert (options["quantization_warmup_steps"], options["learning_rate"]) == (pytest.approx(2 / 3), 1e-3)
+    assert "bitnet_lr_decay" not in options  # a schedule choice, not a BitDistillConfig field
     pipe.run()
     assert json.loads((out / "teacher/final/trainer_state.json").read_text())["global_step"] == 1
     log = json.loads((out / "recipe/final/trainer_state.json").read_text())
-    assert log["global_step"] == 3 and "attention_kd" not in log["log_history"][0]
+    assert log["global_step"] == 5 and "attention_kd" not in log["log_history"][0]
     assert all(e["logits_kd"] >= 0 for e in log["log_history"] if "loss" in e)
     options = json.loads((out / "recipe/final/training_args.json").read_text())
-    assert options["quantization_warmup_steps"] == pytest.approx(1 / 6) and options["attention_distill_weight"] == 0
+    assert options["quantization_warmup_steps"] == pytest.approx(2 / 3) and options["attention_distill_weight"] == 0
+    assert options["learning_rate"] == 1e-3
     assert not list(out.glob("pretrain-*"))  # no stage 2
-    # --bitnet-lr-decay 0.34: constant learning rate, then a decay over the last third (1 of 3 steps)
+    # the row's own decay (the last fifth: 1 of 5 steps) over the run's --bitnet-lr-decay 0.4 (2 of 5)
     assert (options["lr_scheduler_type"], options["lr_scheduler_kwargs"]) == ("warmup_stable_decay",
                                                                               {"num_decay_steps": 1})
+    sft = json.loads((out / "bitnet_sft/final/training_args.json").read_text())
+    assert sft["lr_scheduler_kwargs"] == {"num_decay_steps": 2}  # a row without its own: the run's
     teacher = json.loads((out / "teacher/final/training_args.json").read_text())
     assert teacher["lr_scheduler_type"] == "cosine"  # the teacher keeps its schedule
     with pytest.raises(ValueError, match="--bitnet-lr-decay 0.0 must be in"):
