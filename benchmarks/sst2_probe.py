@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--fp-lr-ratio", type=float, default=1.0, help="full_precision_lr_ratio")
     p.add_argument("--kd-tokens", default="loss", help="logits_distill_tokens")
     p.add_argument("--train-size", type=int, default=2400)
+    p.add_argument("--seed", type=int, default=42, help="training seed (data order); the held-out split stays seed 42's")
     p.add_argument("--eval-size", type=int, default=872)
     p.add_argument("--output-dir", default="runs")
     p.add_argument("--record", default="runs/probes.jsonl")
@@ -68,7 +69,7 @@ def main() -> None:
         output_dir=f"{a.output_dir}/probe-{a.name}", max_steps=a.steps, per_device_train_batch_size=a.batch,
         learning_rate=a.lr, lr_scheduler_type=a.scheduler, warmup_steps=0.05,
         lr_scheduler_kwargs={"num_decay_steps": a.decay_steps} if a.decay_steps else {}, logging_steps=10, save_strategy="no",
-        bf16=True, use_cpu=True, seed=42, report_to="none", logits_distill_weight=a.lam, distill_temperature=a.temperature,
+        bf16=True, use_cpu=True, seed=a.seed, report_to="none", logits_distill_weight=a.lam, distill_temperature=a.temperature,
         attention_distill_weight=a.gamma, hidden_distill_weight=a.hidden, relation_kind=a.kind, logits_distill_tokens=a.kd_tokens,
         quantization_warmup_steps=a.warmup, full_precision_lr_ratio=a.fp_lr_ratio, loss_tokens="completion", max_length=256)
     start = time.perf_counter()
