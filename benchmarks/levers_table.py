@@ -31,7 +31,10 @@ def row(record: dict) -> str:
         schedule = f"constant, decay over the last {a['decay_steps']} steps"
     if a.get("fp_lr_ratio", 1.0) != 1.0:
         schedule += f"; full-precision parameters at {a['fp_lr_ratio']:g}x"
-    if "scoring" in record:  # scored deployed, in float32, by the probe itself
+    if record.get("scoring", "").startswith("training model"):  # benchmarks/scale_probe.py: another weight scale
+        start += f"; {record['scoring'].split('(')[1].split(')')[0]}"
+        in_training, deployed = f"{accuracy:.2f} (float32)", "-"
+    elif "scoring" in record:  # scored deployed, in float32, by the probe itself
         in_training, deployed = "-", f"**{accuracy:.2f}**"
     else:  # scored as the model was at the end of training, with the scoring of the time (SDPA, shifted positions)
         in_training = f"{accuracy:.2f}"
