@@ -62,7 +62,11 @@ _VARIANT_SPECS = (
     ("bf16 compiled", "bf16", "bfloat16", None, True),
     ("packed+int4 head compiled", "packed", "bfloat16", "int4", True),
     ("packed+int4 exact-top head compiled", "packed", "bfloat16", "int4_exact_top", True),
+    ("packed, scale per row", "packed-row", "bfloat16", None, False),
+    ("packed, scale per group of 64", "packed-group64", "bfloat16", None, False),
 )
+# folder -> weight scheme (convert_to_bitnet's weight_scale, group_size) of the packed variants
+_SCHEMES = {"packed": ("tensor", 0), "packed-row": ("row", 0), "packed-group64": ("group", 64)}
 # name, model ("fp" or "ternary"), GGUF type: llama.cpp rows, when llama-cpp-python is installed
 _LLAMA_CPP_SPECS = (
     ("llama.cpp F16", "fp", "f16"),
@@ -108,10 +112,11 @@ def machine_description() -> dict[str, object]:
     }
 
 
-def prepare(checkpoint: str | None, workdir: Path, family: str = "qwen3", threads: int = 2
-            ) -> tuple[list[Variant], dict[str, int], str, dict[str, str]]:
+def prepare(checkpoint: str | None, workdir: Path, family: str = "qwen3", threads: int = 2,
+            wanted: set[str] | None = None) -> tuple[list[Variant], dict[str, int], str, dict[str, str]]:
     """Write the checkpoints (and GGUF files) the workers load; returns the variants, their bytes, a description of
-    the subject and, per llama.cpp variant that cannot run, why."""
+    the subject and, per variant that cannot run (llama.cpp's, or a weight scheme that does not fit), why. Only
+    the ``wanted`` variants' files are written (all by default)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
@@ -150,18 +155,34 @@ def prepare(checkpoint: str | None, workdir: Path, family: str = "qwen3", thread
             what = f"{checkpoint} (full precision, converted and packed here)"
             packed = None
     fp.eval()
-    if tokenizer is None:
+    if checkpoint is None:
         tokenizer = _tokenizer(None)
     save_checkpoint(fp, fp_dir, tokenizer=tokenizer, overwrite=True)
     if packed is None:
         packed = pack_bitnet(convert_to_bitnet(fp))
     save_checkpoint(packed, packed_dir, tokenizer=tokenizer, overwrite=True)
-    del fp, packed
+    del packed
+    skipped = {}
+    for folder, (scale, group_size) in _SCHEMES.items():  # the other weight schemes, converted from the FP model
+        names = {spec[0] for spec in _VARIANT_SPECS if spec[1] == folder}
+        if folder != "packed" and (wanted is None or names & wanted):
+            try:
+                scheme = pack_bitnet(convert_to_bitnet(fp, weight_scale=scale, group_size=group_size))
+            except ValueError as error:  # a group size that does not divide this model's widths
+                skipped.update(dict.fromkeys(names, str(error)))
+                continue
+            save_checkpoint(scheme, workdir / folder, tokenizer=tokenizer, overwrite=True)
+            del scheme
+    del fp
     variants = [Variant(name, workdir / folder, dtype, lm_head, compiled)
-                for name, folder, dtype, lm_head, compiled in _VARIANT_SPECS]
+                for name, folder, dtype, lm_head, compiled in _VARIANT_SPECS if (workdir / folder).is_dir()]
     # fp32 loads the bf16 file: its tensors at 4 bytes
     sizes = {v.name: _folder_bytes(v.checkpoint) * (2 if v.dtype == "float32" else 1) for v in variants}
-    gguf_variants, skipped = _gguf_files(fp_dir, packed_dir, workdir, tokenizer is not None, threads)
+    no_tokenizer = None if tokenizer is not None else (
+        f"{checkpoint} has no tokenizer, whose vocabulary the GGUF file needs; save it into the folder" if checkpoint
+        else "the random subject needs a tokenizer for the GGUF vocabulary; " + _GGUF_TOKENIZER_HELP)
+    gguf_variants, gguf_skipped = _gguf_files(fp_dir, packed_dir, workdir, no_tokenizer, threads, wanted)
+    skipped.update(gguf_skipped)
     variants += gguf_variants
     sizes.update({v.name: v.checkpoint.stat().st_size for v in gguf_variants})
     return variants, sizes, what, skipped
@@ -184,16 +205,19 @@ def _tokenizer(checkpoint: str | None):  # noqa: ANN202 - a transformers tokeniz
         return None
 
 
-def _gguf_files(fp_dir: Path, packed_dir: Path, workdir: Path, has_tokenizer: bool, threads: int
-                ) -> tuple[list[Variant], dict[str, str]]:
-    """The llama.cpp variants whose GGUF files could be written, and why the others cannot run."""
+def _gguf_files(fp_dir: Path, packed_dir: Path, workdir: Path, no_tokenizer: str | None, threads: int,
+                wanted: set[str] | None) -> tuple[list[Variant], dict[str, str]]:
+    """The llama.cpp variants whose GGUF files could be written, and why the others cannot run (``no_tokenizer``:
+    why the subject has no vocabulary to write, if so)."""
     import importlib.util
 
-    names = [name for name, _, _ in _LLAMA_CPP_SPECS]
+    names = [name for name, _, _ in _LLAMA_CPP_SPECS if wanted is None or name in wanted]
+    if not names:
+        return [], {}
     if importlib.util.find_spec("llama_cpp") is None:
         return [], dict.fromkeys(names, "llama-cpp-python is not installed (make install builds it)")
-    if not has_tokenizer:
-        return [], dict.fromkeys(names, "the subject has no tokenizer for the GGUF vocabulary; " + _GGUF_TOKENIZER_HELP)
+    if no_tokenizer is not None:
+        return [], dict.fromkeys(names, no_tokenizer)
     from transformers import AutoConfig
 
     from .gguf_export import check_exportable, export_gguf
@@ -201,22 +225,42 @@ def _gguf_files(fp_dir: Path, packed_dir: Path, workdir: Path, has_tokenizer: bo
     variants, skipped = [], {}
     folders = {"fp": fp_dir, "ternary": packed_dir}
     for name, model, kind in _LLAMA_CPP_SPECS:
+        if name not in names and not (model == "fp" and kind == "f16" and set(names) & {"llama.cpp Q8_0",
+                                                                                      "llama.cpp Q4_K_M"}):
+            continue  # not asked for (the F16 file is written for the quantized ones all the same)
         source = folders[model]
         try:
             check_exportable(AutoConfig.from_pretrained(source), "f16" if model == "fp" else kind)
         except ValueError as error:
             skipped[name] = str(error)
             continue
-        if kind == "q4_0" and "llama.cpp TQ2_0" not in skipped:
+        if kind == "q4_0" and _exports(source, "tq2_0"):
             skipped[name] = "TQ2_0 holds this model's rows; Q4_0 stands in for it only where it cannot"
             continue
         path = workdir / f"{model}-{kind}.gguf"
-        if model == "fp" and kind != "f16":
-            _llama_quantize(workdir / "fp-f16.gguf", path, kind, threads)
-        else:
-            export_gguf(source, path, weight_type=kind)
-        variants.append(Variant(name, path, kind, llama_cpp=True))
+        try:
+            if model == "fp" and kind != "f16":
+                _llama_quantize(workdir / "fp-f16.gguf", path, kind, threads)
+            else:
+                export_gguf(source, path, weight_type=kind)
+        except ValueError as error:  # the tokenizer does not fit the model, ...
+            skipped[name] = str(error)
+            continue
+        if name in names:
+            variants.append(Variant(name, path, kind, llama_cpp=True))
     return variants, skipped
+
+
+def _exports(folder: Path, kind: str) -> bool:
+    from transformers import AutoConfig
+
+    from .gguf_export import check_exportable
+
+    try:
+        check_exportable(AutoConfig.from_pretrained(folder), kind)
+    except ValueError:
+        return False
+    return True
 
 
 def _llama_quantize(source: Path, out: Path, kind: str, threads: int) -> None:
@@ -247,7 +291,8 @@ def run(checkpoint: str | None = None, *, prompt_tokens: int = 32, new_tokens: i
         raise ValueError(f"unknown bench variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory(prefix="bitnet-hf-bench-", dir=workdir) as tmp:
         machine = machine_description()
-        all_variants, sizes, what, skipped = prepare(checkpoint, Path(tmp), family, threads)
+        all_variants, sizes, what, skipped = prepare(checkpoint, Path(tmp), family, threads,
+                                                     None if variants is None else set(variants))
         missing = {name: skipped[name] for name in variants or () if name in skipped}
         if missing:
             raise ValueError("cannot run " + "; ".join(f"{name}: {why}" for name, why in missing.items()))
@@ -323,7 +368,7 @@ def _worker(checkpoint: str, dtype: str, lm_head: str, prompt_tokens: int, new_t
 
     from bitnet_hf import compile_decoding  # importing bitnet_hf registers the BitNet classes
     from bitnet_hf.models.base import _return_free_memory
-    from bitnet_hf.models.kernels import cpu_kernel
+    from bitnet_hf.models.layers import PackedBitLinear
 
     torch.set_num_threads(threads)
     before = _memory_mib("VmRSS")
@@ -354,7 +399,9 @@ def _worker(checkpoint: str, dtype: str, lm_head: str, prompt_tokens: int, new_t
     with torch.no_grad():
         generate()  # warm-up: first-call work (kernel build or load, quantized lm_head copies, allocator)
         model(prompt)
-    kernel = cpu_kernel() if is_packed else "torch (oneDNN)"
+    layers = [m for m in model.modules() if isinstance(m, PackedBitLinear)]
+    sample = torch.zeros(1, layers[0].in_features, dtype=model.dtype) if layers else None
+    kernel = layers[0].kernel_for(sample) if is_packed and layers else "torch (oneDNN)"
     print("BENCH " + json.dumps({"kernel": kernel, "rss_before_load_mib": before,
                                  "rss_loaded_mib": _memory_mib("VmRSS")}), flush=True)
     for command in sys.stdin:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .bench import VARIANTS
 from .models.base import SUBLN_PLACEMENTS
+from .models.quantization import WEIGHT_SCALES, WeightScheme
 from .reconstruct import ReconstructionOptions
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subln", choices=SUBLN_PLACEMENTS, default="paper",
                    help="SubLN placement: 'paper' (attention output and FFN down projections), 'all', 'none'")
     p.add_argument("--no-quantize", action="store_true", help="build with quantization off (for checks)")
+    p.add_argument("--scale", choices=WEIGHT_SCALES, default="tensor",
+                   help="ternary weight scales: one per tensor (the paper's, default), per output row, or per group "
+                   "of --group-size input columns (Block-Quant)")
+    p.add_argument("--group-size", type=int, default=0, help="columns per scale with --scale group (a multiple of 32)")
     p.add_argument("--calibration-data", type=Path,
                    help="text (one sample a line), JSONL/JSON, CSV/TSV or parquet file, or a folder of them, to "
                    "calibrate the SubLN gains on")
@@ -359,6 +364,11 @@ def _convert(args: argparse.Namespace) -> int:
                          "the quantizers on (no --no-quantize)")
     check_output_folder(check_output_dir(args.out, args.overwrite), "OUT")
     check_checkpoint(args.src, "SRC")
+    from transformers import AutoConfig
+
+    from .convert import check_scheme
+
+    check_scheme(AutoConfig.from_pretrained(args.src), WeightScheme(args.scale, args.group_size))
     tokenizer = _tokenizer_or_none(args.src, AutoTokenizer)
     batches = None
     if args.calibration_data is not None:
@@ -370,7 +380,8 @@ def _convert(args: argparse.Namespace) -> int:
 
     def convert() -> PreTrainedModel:
         return convert_to_bitnet(args.src, subln=args.subln, quantize=not args.no_quantize,
-                                 calibration_batches=batches, dtype=dtype)
+                                 calibration_batches=batches, dtype=dtype, weight_scale=args.scale,
+                                 group_size=args.group_size)
 
     results = []
     if reconstruct:  # the text is read before any model loads: too little is an error that costs nothing
@@ -451,7 +462,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _add_bench_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     p = sub.add_parser("bench", help="CPU speed, memory and size: bf16 vs fp32 vs packed ternary, side by side",
                        description="Build the same model in bf16, fp32 and packed ternary (lm_head full, int8, "
-                       "int4; bf16, int4 and int4 with exact top logits also with compiled decoding), "
+                       "int4; bf16, int4 and int4 with exact top logits also with compiled decoding; scales per row and per "
+                       "group of 64 on the int4pack route), "
                        "load each in its own process and measure decode and prefill speed inside generate, peak "
                        "RSS and checkpoint size, in interleaved rounds; print ratios to bf16. With llama-cpp-python "
                        "installed, also llama.cpp on GGUF exports of the same models: the ternary one (TQ2_0, TQ1_0) "

@@ -25,6 +25,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from .models import BITNET_CLASS_FOR, CONFIG_CLASSES
 from .models.base import SUBLN_PLACEMENTS, BitNetConfigMixin
 from .models.layers import BitLinear, PackedBitLinear
+from .models.quantization import WeightScheme
 
 # Config keys that describe the source checkpoint rather than the model, dropped when building a BitNet config.
 _SOURCE_ONLY_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "dtype")
@@ -44,6 +45,8 @@ def convert_to_bitnet(
     quantize: bool = True,
     calibration_batches: Iterable[Batch] | None = None,
     dtype: torch.dtype | None = None,
+    weight_scale: str = "tensor",
+    group_size: int = 0,
 ) -> PreTrainedModel:
     """Convert a full-precision transformers model into its BitNet counterpart (BitDistill stage 1).
 
@@ -57,18 +60,23 @@ def convert_to_bitnet(
             ``None`` leaves the gains at one.
         dtype: dtype to load a path in (default float32, the usual dtype of latent training weights); a model
             instance keeps its own.
+        weight_scale / group_size: the ternary weights' scales (``WeightScheme``): ``"tensor"`` (the paper's),
+            ``"row"``, or ``"group"`` of ``group_size`` input columns (Block-Quant); recorded in the config.
 
     Returns:
         The BitNet model. It shares its weight tensors with ``model`` when given an instance (no copy).
     """
     if subln not in SUBLN_PLACEMENTS:
         raise ValueError(f"subln={subln!r} is not a SubLN placement; use one of {SUBLN_PLACEMENTS}")
+    scheme = WeightScheme(weight_scale, group_size)  # a bad layout is an error before the model loads
+    check_scheme(model.config if isinstance(model, PreTrainedModel) else AutoConfig.from_pretrained(model), scheme)
     if not isinstance(model, PreTrainedModel):
         model = _load_full_precision(model, dtype or torch.float32)
     bitnet_cls = _bitnet_class_for(model)
 
     fields = {k: v for k, v in model.config.to_dict().items() if k not in _SOURCE_ONLY_KEYS}
-    config = bitnet_cls.config_class(**fields, bitnet_subln=subln, bitnet_quantize=quantize)
+    config = bitnet_cls.config_class(**fields, bitnet_subln=subln, bitnet_quantize=quantize,
+                                     bitnet_weight_scale=weight_scale, bitnet_group_size=group_size)
     config._attn_implementation = model.config._attn_implementation
     with torch.device("meta"):
         skeleton = bitnet_cls(config)
@@ -87,6 +95,18 @@ def convert_to_bitnet(
         bitnet.generation_config = model.generation_config
     bitnet.train(model.training)
     return bitnet
+
+
+def check_scheme(config: transformers.PretrainedConfig, scheme: WeightScheme) -> None:
+    """A ``ValueError`` if ``scheme``'s groups do not divide the input width of every decoder projection of a
+    model with ``config`` (q/k/v and gate/up read ``hidden_size``, o_proj the attention features, down_proj
+    ``intermediate_size``)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(config, "num_attention_heads", 0) * (getattr(config, "head_dim", None) or (
+        config.hidden_size // max(1, getattr(config, "num_attention_heads", 1))))
+    for name, width in (("q/k/v_proj, gate/up_proj", config.hidden_size), ("o_proj", heads),
+                        ("down_proj", getattr(config, "intermediate_size", config.hidden_size))):
+        scheme.check(width, name)
 
 
 def calibrate_subln(

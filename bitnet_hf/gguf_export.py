@@ -21,7 +21,8 @@ What is written:
   refuses a quantized tensor whose rows are not whole blocks. A model with an input width that is not a multiple of
   256 (SmolLM2-135M: 576) is refused for those types, naming the layers, with the fix ``--type q4_0``: Q4_0 blocks
   of 32 hold the ternary values exactly (:func:`exact_q4_0`, 4.5 bits a weight, the scale again in ``.scale``).
-  There is no silent per-tensor fallback, so a ``tq2_0`` file is TQ2_0 throughout.
+  There is no silent per-tensor fallback, so a ``tq2_0`` file is TQ2_0 throughout. Scales per row or group
+  (another ``WeightScheme``) are refused: the graph multiplies each matrix by one scale.
 * **Embedding** (also the output head): F16 whatever the checkpoint's dtype. F16 holds every bf16 value of a packed
   checkpoint from 2**-17 to 65504 in magnitude exactly (smaller ones round to F16's subnormals), and rounds the
   float32 values of a training checkpoint to 11 significant bits, finer than the bf16 that packing keeps; F16 is
@@ -176,6 +177,11 @@ def check_exportable(config: PretrainedConfig, weight_type: str) -> None:
         raise ValueError(f"SubLN placement {config.bitnet_subln!r}: llama.cpp's bitnet graph has exactly one SubLN in "
                          "front of the attention output and one in front of the FFN down projection; convert with "
                          "--subln paper")
+    scale = getattr(config, "bitnet_weight_scale", "tensor")
+    if scale != "tensor":
+        raise ValueError(f"the ternary weights have one scale per {scale} (bitnet_weight_scale={scale!r}); llama.cpp's "
+                         "bitnet graph multiplies each weight matrix by one scale: export a model converted with "
+                         "--scale tensor")
     _check_llama_graph(config, "bitnet")
     if not config.tie_word_embeddings:
         raise ValueError("the output head is not tied to the embeddings (tie_word_embeddings is false); llama.cpp's "

@@ -135,7 +135,8 @@ def render_model_card(
         subln=config.get("bitnet_subln", "paper"),
         format_name="packed deployment" if packed else "training",
         format_description=(
-            f"packed for deployment: ternary weights 4 per byte with one scale per tensor, other tensors in {dtype}"
+            f"packed for deployment: ternary weights 4 per byte with one scale per {_scale_text(config)}, other "
+            f"tensors in {dtype}"
             if packed else f"training checkpoint: latent {dtype} weights and SubLN gains (pack it with "
             "`bitnet-hf pack` for deployment)"),
         hyperparameters=_hyperparameter_sections(recipe, _read_json(folder / TRAINING_ARGS_FILE)),
@@ -144,6 +145,11 @@ def render_model_card(
         weight_files=len(weights),
         license_text=license_text,
     )
+
+
+def _scale_text(config: dict[str, Any]) -> str:
+    scale = config.get("bitnet_weight_scale", "tensor")
+    return f"group of {config.get('bitnet_group_size')} input columns" if scale == "group" else scale
 
 
 def upload_plan(checkpoint_dir: str | os.PathLike) -> list[Path]:

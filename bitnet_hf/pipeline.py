@@ -32,18 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .checks import check_checkpoint, check_output_folder, check_same_vocabulary, check_tokenizer
-from .convert import convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
+from .convert import check_scheme, convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
 from .data import iter_texts, load_text_dataset, require_columns
 from .distill import BitDistillConfig, BitDistillTrainer
 from .distill.config import DistillOptions
 from .distill.trainer import load_for_training
 from .evaluation import decode_speed, evaluate_model
 from .hub import RECIPE_FILE
+from .models.quantization import WEIGHT_SCALES, WeightScheme
 from .pretrain import PretrainConfig, continue_pretraining
 from .reconstruct import ReconstructionOptions, calibration_sequences, reconstruct_checkpoint, summary
 from .tasks import ClassificationTask, Splits, get_task, train_eval_splits
@@ -158,6 +159,10 @@ class PipelineArguments(DistillOptions, ReconstructionOptions):
     pretrain_batch_size: int = field(default=8, metadata={"help": "blocks per pre-training step"})
     pretrain_learning_rate: float = field(default=2e-4, metadata={"help": "learning rate of continued pre-training"})
     calibration_samples: int = field(default=32, metadata={"help": "task prompts that calibrate the SubLN gains"})
+    weight_scale: str = field(default="tensor", metadata={
+        "help": "ternary weight scales of every BitNet row: tensor (the paper's), row, or group (Block-Quant, "
+                "--group-size columns)", "choices": list(WEIGHT_SCALES)})
+    group_size: int = field(default=0, metadata={"help": "columns per scale with --weight-scale group"})
     bf16: bool = field(default=True, metadata={"help": "train under bf16 autocast (fp32 weights)"})
     eval_batch_size: int = field(default=32, metadata={"help": "examples per evaluation batch"})
     eval_method: str = field(default="score", metadata={"help": "classification: score (label words) or generate"})
@@ -177,6 +182,7 @@ class PipelineArguments(DistillOptions, ReconstructionOptions):
             self.distill_preset = get_task(self.task).kind
         DistillOptions.__post_init__(self)
         ReconstructionOptions.__post_init__(self)
+        WeightScheme(self.weight_scale, self.group_size)
         bad = [r for r in self.rows if r not in ROWS]
         if bad:
             raise ValueError(f"unknown rows {bad}; choose from {', '.join(ROWS)}")
@@ -225,6 +231,14 @@ class Pipeline:
         check_output_folder(self.out, "--output-dir")
         base = check_checkpoint(a.base, "--base")
         check_tokenizer(a.base, "--base")
+        scheme = WeightScheme(a.weight_scale, a.group_size)
+        check_scheme(AutoConfig.from_pretrained(a.base), scheme)
+        for converted in sorted(self.out.glob("convert-*/config.json")):  # one scheme per output directory
+            built = WeightScheme.of(AutoConfig.from_pretrained(converted.parent))
+            if built != scheme:
+                raise ValueError(f"{converted.parent} was converted with scales per {built.scale} (group size "
+                                 f"{built.group_size}), not per {scheme.scale} (group size {scheme.group_size}); "
+                                 "use another --output-dir for another weight scale")
         self.tokenizer = AutoTokenizer.from_pretrained(a.base)
         if a.teacher_base is not None:
             check_same_vocabulary(base, check_checkpoint(a.teacher_base, "--teacher-base"),
@@ -295,7 +309,8 @@ class Pipeline:
             return
         batches = None if subln == "none" else self.task.prompt_inputs(self.splits.train, self.tokenizer,
                                                                        self.args.calibration_samples)
-        model = convert_to_bitnet(self.args.base, subln=subln, calibration_batches=batches)
+        model = convert_to_bitnet(self.args.base, subln=subln, calibration_batches=batches,
+                                  weight_scale=self.args.weight_scale, group_size=self.args.group_size)
         save_checkpoint(model, path, tokenizer=self.tokenizer, overwrite=True)
 
     def _reconstruct(self, subln: str) -> None:

@@ -269,6 +269,7 @@ def refused(tmp_path, capsys, model_dir, match, *args, **kwargs):
     ("no quantization", "bitnet_quantize=False"), ("full precision", "full-precision Llama, which exports as f16 only, not tq2_0.*llama-quantize"),
     ("classifier", "BitNetLlamaForSequenceClassification, not a causal LM"), ("gelu", "activation is 'gelu'"),
     ("head_dim", "4 heads of 32 make 128 attention features, not hidden_size 256"),
+    ("row scales", "one scale per row .*llama.cpp's bitnet graph multiplies each weight matrix by one scale"),
 ])
 def test_refuses_what_llama_cpp_cannot_run(case, match, tmp_path, capsys):
     path = tmp_path / "model"
@@ -282,6 +283,10 @@ def test_refuses_what_llama_cpp_cannot_run(case, match, tmp_path, capsys):
         tokenizer.save_pretrained(path)
     elif case == "no quantization":
         save_checkpoint(convert_to_bitnet(tiny_model("llama"), quantize=False), path, tokenizer=bpe_tokenizer())
+    elif case == "row scales":
+        tokenizer = bpe_tokenizer()
+        save_checkpoint(convert_to_bitnet(tiny_model("llama", vocab_size=len(tokenizer) + PAD_ROWS),
+                                          weight_scale="row"), path, tokenizer=tokenizer)
     else:
         save_bitnet(path, **{"untied": {"tie_word_embeddings": False}, "bias": {"attention_bias": True},
                              "rope scaling": {"rope_parameters": {"rope_type": "linear", "factor": 2.0,

@@ -145,6 +145,14 @@ def test_checkpoints_load_as_remote_code_without_the_plugin(tmp_path):
             with torch.no_grad():
                 torch.save(m(x).logits, path / "expected.pt")
             cases[str(path)] = type(m).__name__
+    # finer weight scales (models/quantization.py's WeightScheme) travel as remote code too
+    grouped = bitnet_hf.pack_bitnet(convert_to_bitnet(tiny_model("llama"), weight_scale="group", group_size=32).eval(),
+                                    dtype=torch.float32)
+    path = tmp_path / "llama-group-packed"
+    bitnet_hf.save_checkpoint(grouped, path)
+    with torch.no_grad():
+        torch.save(grouped(x).logits, path / "expected.pt")
+    cases[str(path)] = type(grouped).__name__
     blocker = tmp_path / "block"
     blocker.mkdir()
     (blocker / "bitnet_hf.py").write_text("raise ImportError('bitnet_hf is not installed in this process')\n")

@@ -316,3 +316,21 @@ def test_evaluate_command_scores_a_checkpoint(workspace, tmp_path, capsys):
     assert main(["evaluate", "--model", str(workspace / "base"), "--task", "sst2", "--data-dir", str(data),
                  "--split", "test"]) == 2
     assert "has no test." in capsys.readouterr().err
+
+
+def test_a_run_converts_with_its_weight_scheme_and_keeps_to_it(workspace, tmp_path):
+    """``--weight-scale``: every BitNet row is converted with that scheme; an output directory holds one scheme,
+    and a group size that does not divide the model's widths stops the run before any work."""
+    out = tmp_path / "run"
+    args = arguments(workspace, out, rows=["bitnet_sft"], stages=["bitnet_sft", "convert", "evaluate"], steps=1,
+                     weight_scale="row")
+    Pipeline(args).run()
+    for stage in ("convert-none", "bitnet_sft/final", "bitnet_sft/packed"):
+        assert json.loads((out / stage / "config.json").read_text())["bitnet_weight_scale"] == "row", stage
+    with pytest.raises(ValueError, match="converted with scales per row .* use another --output-dir"):
+        Pipeline(arguments(workspace, out, rows=["bitnet_sft"], weight_scale="group", group_size=32)).run()
+    with pytest.raises(ValueError, match="group size 64 does not divide the input width 96 of down_proj"):
+        Pipeline(arguments(workspace, tmp_path / "other", weight_scale="group", group_size=64)).run()
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(ValueError, match="group size 48 must be a positive multiple of 32"):
+        arguments(workspace, out, weight_scale="group", group_size=48)

@@ -30,6 +30,7 @@ from .layers import (
     QuantizedLMHead,
     SubLN,
 )
+from .quantization import WeightScheme
 
 SUBLN_PLACEMENTS = ("paper", "all", "none")
 
@@ -53,18 +54,25 @@ class BitNetConfigMixin:
             load with ``from_pretrained(path, bitnet_lm_head="int8")``, which then also leaves the bf16
             embedding matrix in the file, memory-mapped, and reads looked-up rows from it (see
             ``BitNetModelMixin.from_pretrained``).
+        bitnet_weight_scale: the ternary weights' scales (``WeightScheme``): ``"tensor"`` (one per matrix, the
+            paper's), ``"row"`` (one per output row) or ``"group"`` (one per ``bitnet_group_size`` input columns of a
+            row, Block-Quant).
+        bitnet_group_size: the columns of a group (a multiple of 32) with ``bitnet_weight_scale="group"``; else 0.
     """
 
     bitnet_subln: str = "paper"
     bitnet_quantize: bool = True
     bitnet_packed: bool = False
     bitnet_lm_head: str = "full"
+    bitnet_weight_scale: str = "tensor"
+    bitnet_group_size: int = 0
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.bitnet_subln not in SUBLN_PLACEMENTS:
             raise ValueError(f"bitnet_subln={self.bitnet_subln!r} is not a SubLN placement; use one of {SUBLN_PLACEMENTS}")
         if self.bitnet_lm_head not in LM_HEAD_MODES:
             raise ValueError(f"bitnet_lm_head={self.bitnet_lm_head!r} is not one of {LM_HEAD_MODES}")
+        WeightScheme.of(self)  # a ValueError for a scale layout that does not exist
         if self.bitnet_packed and not self.bitnet_quantize:
             raise ValueError("bitnet_packed=True stores quantized weights, so it needs bitnet_quantize=True")
         super().__post_init__(**kwargs)
@@ -85,18 +93,21 @@ class BitNetModelMixin:
     def post_init(self) -> None:
         config = self.config
         eps = config.rms_norm_eps
+        scheme = WeightScheme.of(config)
         for parent in self.base_model.layers.modules():
             for name, child in list(parent.named_children()):
                 if type(child) is not nn.Linear:
                     continue
                 wants_norm = config.bitnet_subln == "all" or (config.bitnet_subln == "paper" and name in self.subln_targets)
                 norm_eps = eps if wants_norm else None
+                scheme.check(child.in_features, name)
                 if config.bitnet_packed:
                     new: nn.Module = PackedBitLinear(child.in_features, child.out_features, child.bias is not None,
                                                      device=child.weight.device, dtype=child.weight.dtype,
-                                                     sub_norm_eps=norm_eps)
+                                                     sub_norm_eps=norm_eps, scheme=scheme)
                 else:
-                    new = BitLinear.from_linear(child, sub_norm_eps=norm_eps, quantize=config.bitnet_quantize)
+                    new = BitLinear.from_linear(child, sub_norm_eps=norm_eps, quantize=config.bitnet_quantize,
+                                                scheme=scheme)
                 setattr(parent, name, new)
             if config.bitnet_packed:
                 for names in self.fused_projections:

@@ -553,14 +553,18 @@ def ternary_linear(x: torch.Tensor, layers: list, kernel: str) -> list[torch.Ten
 def int4pack_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Ternary ``q`` (out, in) as PyTorch's CPU int4pack weight and its scales/zeros for ``dtype`` activations:
     rows padded to a multiple of 16 and columns to 32 (zero weights), groups of 32 columns, each value
-    ``(q + 8 - 8) * scale`` exactly as the ``torch`` path's ``(q * scale).to(dtype)``."""
+    ``(q + 8 - 8) * scale`` exactly as the ``torch`` path's ``(q * scale).to(dtype)``. ``scale``: one per tensor
+    ``(1,)``, per row ``(out, 1)`` or per group of a multiple of 32 columns ``(out, groups)``."""
     out_features, in_features = q.shape
     n_pad, k_pad = -out_features % 16, -in_features % 32
     q = torch.nn.functional.pad(q.to(torch.int32) + 8, (0, k_pad, 0, n_pad), value=8)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     groups = q.shape[1] // 32
+    per_row = scale.float().reshape(-1 if scale.numel() > 1 else 1, scale.shape[-1] if scale.dim() > 1 else 1)
+    per_row = per_row.expand(out_features, -1)
+    per_group = per_row.repeat_interleave(groups // per_row.shape[1], dim=1) if per_row.shape[1] > 1 else per_row
     scales_zeros = torch.zeros(groups, q.shape[0], 2, dtype=dtype)
-    scales_zeros[..., 0] = scale.float().to(dtype)
+    scales_zeros[:, :out_features, 0] = per_group.t().to(dtype)
     return packed, scales_zeros
 
 

@@ -18,12 +18,11 @@ from torch import nn
 
 from .kernels import active_kernel, cpu_kernel, int4pack_linear, int4pack_weight, ternary_linear
 from .quantization import (
+    WeightScheme,
     dequantize_activations,
-    dequantize_ternary,
     fake_quantize_activations,
     fake_quantize_weights,
     pack_ternary,
-    quantize_weights,
     unpack_ternary,
 )
 
@@ -59,22 +58,26 @@ class BitLinear(nn.Linear):
 
     ``quantization_strength`` (not saved; 1 by default, the deployed model's forward) blends both quantizers with
     their inputs, ``x + strength * (q(x) - x)``: a quantization warm-up raises it from 0 to 1 during training
-    (``bitnet_hf.warmup``).
+    (``bitnet_hf.warmup``). ``scheme``: the layout of the weight scales (``WeightScheme``; default per tensor).
     """
 
     quantization_strength: float = 1.0
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, *, sub_norm_eps: float | None = None, quantize: bool = True) -> None:
+                 dtype: torch.dtype | None = None, *, sub_norm_eps: float | None = None, quantize: bool = True,
+                 scheme: WeightScheme | None = None) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.quantize = quantize
+        self.scheme = scheme or WeightScheme()
+        self.scheme.check(in_features)
         self.sub_norm = None if sub_norm_eps is None else SubLN(in_features, sub_norm_eps, device=device, dtype=dtype)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, sub_norm_eps: float | None, quantize: bool) -> BitLinear:
+    def from_linear(cls, linear: nn.Linear, *, sub_norm_eps: float | None, quantize: bool,
+                    scheme: WeightScheme | None = None) -> BitLinear:
         """A ``BitLinear`` that shares ``linear``'s weight and bias Parameters (no copy, no re-initialisation)."""
         new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta",
-                  sub_norm_eps=None, quantize=quantize)
+                  sub_norm_eps=None, quantize=quantize, scheme=scheme)
         new.weight = linear.weight
         new.bias = linear.bias
         if sub_norm_eps is not None:
@@ -87,10 +90,13 @@ class BitLinear(nn.Linear):
         if not self.quantize:
             return F.linear(x, self.weight, self.bias)
         strength = self.quantization_strength
-        return F.linear(fake_quantize_activations(x, strength), fake_quantize_weights(self.weight, strength), self.bias)
+        return F.linear(fake_quantize_activations(x, strength),
+                        fake_quantize_weights(self.weight, strength, self.scheme), self.bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, quantize={self.quantize}"
+        scale = "" if self.scheme == WeightScheme() else f", scale={self.scheme.scale}" + (
+            f"/{self.scheme.group_size}" if self.scheme.group_size else "")
+        return f"{super().extra_repr()}, quantize={self.quantize}{scale}"
 
 
 _CPU_DTYPES = (torch.float32, torch.bfloat16)  # what the CPU kernels (ternary linears, quantized head) take
@@ -99,8 +105,10 @@ _CPU_DTYPES = (torch.float32, torch.bfloat16)  # what the CPU kernels (ternary l
 class PackedBitLinear(nn.Module):
     """Inference linear over ternary weights packed 4 per byte (transformers' BitNet layout) and one scale.
 
-    Buffers: ``weight`` uint8 ``(ceil(out / 4), in)``, ``weight_scale`` float32 ``(1,)`` holding ``s = mean(|W|)``
-    (so ``W ~ unpack(weight) * weight_scale``), optional ``bias``.
+    Buffers: ``weight`` uint8 ``(ceil(out / 4), in)``, ``weight_scale`` float32 holding ``s = mean(|W|)`` per
+    tensor ``(1,)``, per row ``(out, 1)`` or per group ``(out, in / group)`` as ``scheme`` says (so ``W ~
+    scheme.dequantize(unpack(weight), weight_scale)``), optional ``bias``. The C++ kernels take one scale per tensor;
+    finer scales run on ``int4pack``, whose groups of 32 columns hold them exactly.
 
     The forward runs one of the kernels of ``kernels.py``, chosen once per process (``repr`` shows it):
 
@@ -114,13 +122,17 @@ class PackedBitLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, *, sub_norm_eps: float | None = None) -> None:
+                 dtype: torch.dtype | None = None, *, sub_norm_eps: float | None = None,
+                 scheme: WeightScheme | None = None) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
+        self.scheme = scheme or WeightScheme()
+        self.scheme.check(in_features)
         rows = -(-out_features // 4)
         self.register_buffer("weight", torch.zeros(rows, in_features, dtype=torch.uint8, device=device))
-        self.register_buffer("weight_scale", torch.ones(1, dtype=torch.float32, device=device))
+        self.register_buffer("weight_scale", torch.ones(self.scheme.scale_shape(out_features, in_features),
+                                                        dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         self.sub_norm = None if sub_norm_eps is None else SubLN(in_features, sub_norm_eps, device=device, dtype=dtype)
         self.fused: FusedProjections | None = None
@@ -131,11 +143,11 @@ class PackedBitLinear(nn.Module):
         """Quantize and pack a trained ``BitLinear``; its bias and SubLN gain are cast to ``dtype``."""
         eps = None if layer.sub_norm is None else layer.sub_norm.eps
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, device=layer.weight.device,
-                  dtype=dtype, sub_norm_eps=eps)
+                  dtype=dtype, sub_norm_eps=eps, scheme=layer.scheme)
         with torch.no_grad():
-            q, scale = quantize_weights(layer.weight)
+            q, scale = layer.scheme.quantize(layer.weight)
             new.weight.copy_(pack_ternary(q))
-            new.weight_scale.fill_(scale.item())
+            new.weight_scale.copy_(scale.reshape(new.weight_scale.shape))
             if layer.bias is not None:
                 new.bias.copy_(layer.bias)
             if layer.sub_norm is not None:
@@ -148,7 +160,8 @@ class PackedBitLinear(nn.Module):
                 or (torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None
                                                                      and self.bias.requires_grad)))):
             return "torch"
-        return cpu_kernel()
+        kernel = cpu_kernel()
+        return "int4pack" if kernel in ("vnni", "avx2") and self.scheme.scale != "tensor" else kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sub_norm is not None:
@@ -164,7 +177,8 @@ class PackedBitLinear(nn.Module):
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The ``torch`` kernel (after SubLN): unpack, dequantize, ``F.linear``; bit for bit ``BitLinear``'s."""
-        weight = dequantize_ternary(unpack_ternary(self.weight, self.out_features), self.weight_scale.float(), x.dtype)
+        weight = self.scheme.dequantize(unpack_ternary(self.weight, self.out_features), self.weight_scale.float(),
+                                        x.dtype)
         return F.linear(dequantize_activations(x), weight, self.bias)
 
     def _int4pack_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,7 +282,8 @@ class QuantizedLMHead(nn.Linear):
         else:
             k_pad = scales.shape[0] * 32 - self.in_features
             padded = F.pad(rows, (0, k_pad)) if k_pad else rows
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(padded.contiguous(), weight, 32, scales)[:, :self.out_features]
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(padded.contiguous(), weight, 32, scales)
+            y = y[:, :self.out_features]
         if self.mode == "int4_exact_top":
             top = y.topk(min(EXACT_TOP, self.out_features), dim=-1).indices
             exact = torch.bmm(self._rows(top).to(rows.dtype), rows.unsqueeze(-1)).squeeze(-1)

@@ -2,7 +2,8 @@
 
 The formulas are the ones of BitDistill (arXiv 2510.13998) and its authors' code:
 
-* weights, per tensor:   ``s = mean(|W|)``, ``Wq = clamp(round(W / (s + eps)), -1, 1)``, forward uses ``Wq * s``;
+* weights, per tensor:   ``s = mean(|W|)``, ``Wq = clamp(round(W / (s + eps)), -1, 1)``, forward uses ``Wq * s``
+  (``WeightScheme`` takes the same absmean per output row or per group of input columns instead);
 * activations, per token: ``g = max(|x|)`` over the last dim, ``xq = clamp(round(127 x / (g + eps)), -128, 127)``,
   forward uses ``xq * g / 127``;
 * gradients pass straight through both quantizers (the straight-through estimator of ``x + (q(x) - x).detach()``,
@@ -18,6 +19,7 @@ This file only imports torch and transformers: it travels into saved checkpoints
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -31,6 +33,71 @@ def quantize_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = weight.float()
     scale = w.abs().mean()
     return (w / (scale + EPS)).round().clamp(-1, 1).to(torch.int8), scale
+
+
+WEIGHT_SCALES = ("tensor", "row", "group")
+INT4_GROUP = 32  # columns per scale of PyTorch's int4 CPU matmul, the packed route for finer scales
+
+
+@dataclass(frozen=True)
+class WeightScheme:
+    """How a ternary layer gets its values and scales from its latent weights: absmean ternary rounding with one
+    scale per tensor (``"tensor"``, the paper's and the default), per output row (``"row"``) or per group of
+    ``group_size`` consecutive input columns of a row (``"group"``, Block-Quant). The one place that knows the scale
+    layout: ``BitLinear`` (training), ``PackedBitLinear`` (storage, kernels) and the export ask it.
+
+    ``group_size`` is a multiple of 32 (the int4 CPU kernel's group, which then holds the scales exactly) and must
+    divide the layer's input width (:meth:`check`).
+    """
+
+    scale: str = "tensor"
+    group_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scale not in WEIGHT_SCALES:
+            raise ValueError(f"weight scale {self.scale!r} is not one of {', '.join(WEIGHT_SCALES)}")
+        if self.scale == "group" and (self.group_size <= 0 or self.group_size % INT4_GROUP):
+            raise ValueError(f"group size {self.group_size} must be a positive multiple of {INT4_GROUP} for "
+                             "--scale group")
+        if self.scale != "group" and self.group_size:
+            raise ValueError(f"a group size ({self.group_size}) only applies to --scale group, not {self.scale!r}")
+
+    @classmethod
+    def of(cls, config: object) -> WeightScheme:
+        """The scheme a BitNet config records (``bitnet_weight_scale``, ``bitnet_group_size``)."""
+        return cls(getattr(config, "bitnet_weight_scale", "tensor"), getattr(config, "bitnet_group_size", 0))
+
+    def check(self, in_features: int, name: str = "a layer") -> None:
+        if self.scale == "group" and in_features % self.group_size:
+            raise ValueError(f"group size {self.group_size} does not divide the input width {in_features} of {name}; "
+                             "choose a group size that divides every projection's input width")
+
+    def scale_shape(self, out_features: int, in_features: int) -> tuple[int, ...]:
+        """The shape of the stored float32 scale: ``(1,)``, ``(out, 1)`` or ``(out, in / group_size)``."""
+        return {"tensor": (1,), "row": (out_features, 1),
+                "group": (out_features, in_features // max(1, self.group_size))}[self.scale]
+
+    def quantize(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Wq, s)``: ternary int8 ``Wq`` of the weight's shape, float32 ``s`` of :meth:`scale_shape` (per tensor:
+        0-dimensional)."""
+        if self.scale == "tensor":
+            return quantize_weights(weight)
+        w = weight.float()
+        blocks = w.unsqueeze(1) if self.scale == "row" else w.view(w.shape[0], -1, self.group_size)
+        scale = blocks.abs().mean(dim=-1, keepdim=True)
+        q = (blocks / (scale + EPS)).round().clamp(-1, 1).to(torch.int8)
+        return q.view(w.shape), scale.squeeze(-1) if self.scale == "group" else scale.view(-1, 1)
+
+    def dequantize(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``Wq * s`` in ``dtype``: the one product of values and scales, for training and packed layers alike."""
+        if self.scale != "group":
+            return dequantize_ternary(q, scale, dtype)
+        blocks = q.view(q.shape[0], -1, self.group_size) * scale.unsqueeze(-1)
+        return blocks.view(q.shape).to(dtype)
+
+    def fake_quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        """``Wq * s`` in the weight's dtype (no gradient)."""
+        return self.dequantize(*self.quantize(weight), weight.dtype)
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,10 +146,13 @@ def _partly(x: torch.Tensor, dequantize: Callable[[torch.Tensor], torch.Tensor],
     return x + strength * (dequantize(detached) - detached)
 
 
-def fake_quantize_weights(weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+def fake_quantize_weights(weight: torch.Tensor, strength: float = 1.0, scheme: WeightScheme | None = None
+                          ) -> torch.Tensor:
     """``Wq * s`` in the weight's dtype, with straight-through gradients; ``strength`` < 1 blends it with the
-    latent weight, ``W + strength * (Wq * s - W)`` (the quantization warm-up)."""
-    return _partly(weight, dequantize_weights, strength)
+    latent weight, ``W + strength * (Wq * s - W)`` (the quantization warm-up). ``scheme``: the scale layout
+    (default: one per tensor)."""
+    return _partly(weight, dequantize_weights if scheme is None or scheme.scale == "tensor" else scheme.fake_quantize,
+                   strength)
 
 
 def fake_quantize_activations(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
