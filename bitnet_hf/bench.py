@@ -62,8 +62,8 @@ _VARIANT_SPECS = (
     ("bf16 compiled", "bf16", "bfloat16", None, True),
     ("packed+int4 head compiled", "packed", "bfloat16", "int4", True),
     ("packed+int4 exact-top head compiled", "packed", "bfloat16", "int4_exact_top", True),
-    ("packed, scale per row", "packed-row", "bfloat16", None, False),
-    ("packed, scale per group of 64", "packed-group64", "bfloat16", None, False),
+    ("packed (row scales)", "packed-row", "bfloat16", None, False),
+    ("packed (group-64 scales)", "packed-group64", "bfloat16", None, False),
 )
 # folder -> weight scheme (convert_to_bitnet's weight_scale, group_size) of the packed variants
 _SCHEMES = {"packed": ("tensor", 0), "packed-row": ("row", 0), "packed-group64": ("group", 64)}
@@ -129,12 +129,13 @@ def prepare(checkpoint: str | None, workdir: Path, family: str = "qwen3", thread
     if checkpoint is None:
         if family not in ("qwen3", "llama"):
             raise ValueError(f"family {family!r} is not qwen3 or llama")
-        shape = QWEN3_06B_SHAPE if family == "qwen3" else {**QWEN3_06B_SHAPE, "model_type": "llama"}
-        config = (Qwen3Config if family == "qwen3" else LlamaConfig)(**{k: v for k, v in shape.items()
-                                                                         if k != "model_type"})
+        # llama.cpp's bitnet graph needs heads x head_dim = hidden size (its attention SubLN has the hidden width):
+        # the Llama keeps Qwen3-0.6B's hidden, intermediate, depth and vocabulary with 16 heads of 64, not 128
+        config = Qwen3Config(**QWEN3_06B_SHAPE) if family == "qwen3" else LlamaConfig(**{**QWEN3_06B_SHAPE,
+                                                                                           "head_dim": 64})
         fp = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         what = "random model of Qwen3-0.6B's shape" if family == "qwen3" else (
-            "random Llama of Qwen3-0.6B's dimensions (no q/k norms)")
+            "random Llama of Qwen3-0.6B's hidden size, depth, FFN and vocabulary (16 heads of 64, no q/k norms)")
         packed = None
     else:
         config = AutoConfig.from_pretrained(checkpoint)

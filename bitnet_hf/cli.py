@@ -368,7 +368,9 @@ def _convert(args: argparse.Namespace) -> int:
 
     from .convert import check_scheme
 
-    check_scheme(AutoConfig.from_pretrained(args.src), WeightScheme(args.scale, args.group_size))
+    scheme = WeightScheme(args.scale, args.group_size)
+    if scheme.scale == "group":
+        check_scheme(AutoConfig.from_pretrained(args.src), scheme)
     tokenizer = _tokenizer_or_none(args.src, AutoTokenizer)
     batches = None
     if args.calibration_data is not None:
@@ -462,8 +464,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _add_bench_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     p = sub.add_parser("bench", help="CPU speed, memory and size: bf16 vs fp32 vs packed ternary, side by side",
                        description="Build the same model in bf16, fp32 and packed ternary (lm_head full, int8, "
-                       "int4; bf16, int4 and int4 with exact top logits also with compiled decoding; scales per row and per "
-                       "group of 64 on the int4pack route), "
+                       "int4; bf16, int4 and int4 with exact top logits also with compiled decoding; scales per row "
+                       "and per group of 64 on the int4pack route), "
                        "load each in its own process and measure decode and prefill speed inside generate, peak "
                        "RSS and checkpoint size, in interleaved rounds; print ratios to bf16. With llama-cpp-python "
                        "installed, also llama.cpp on GGUF exports of the same models: the ternary one (TQ2_0, TQ1_0) "

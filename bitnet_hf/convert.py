@@ -69,7 +69,8 @@ def convert_to_bitnet(
     if subln not in SUBLN_PLACEMENTS:
         raise ValueError(f"subln={subln!r} is not a SubLN placement; use one of {SUBLN_PLACEMENTS}")
     scheme = WeightScheme(weight_scale, group_size)  # a bad layout is an error before the model loads
-    check_scheme(model.config if isinstance(model, PreTrainedModel) else AutoConfig.from_pretrained(model), scheme)
+    if scheme.scale == "group":
+        check_scheme(model.config if isinstance(model, PreTrainedModel) else AutoConfig.from_pretrained(model), scheme)
     if not isinstance(model, PreTrainedModel):
         model = _load_full_precision(model, dtype or torch.float32)
     bitnet_cls = _bitnet_class_for(model)

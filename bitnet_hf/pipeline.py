@@ -232,7 +232,8 @@ class Pipeline:
         base = check_checkpoint(a.base, "--base")
         check_tokenizer(a.base, "--base")
         scheme = WeightScheme(a.weight_scale, a.group_size)
-        check_scheme(AutoConfig.from_pretrained(a.base), scheme)
+        if scheme.scale == "group":
+            check_scheme(AutoConfig.from_pretrained(a.base), scheme)
         for converted in sorted(self.out.glob("convert-*/config.json")):  # one scheme per output directory
             built = WeightScheme.of(AutoConfig.from_pretrained(converted.parent))
             if built != scheme:

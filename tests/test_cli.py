@@ -94,7 +94,7 @@ def test_bad_input_fails_fast_with_a_clear_message(fp_checkpoint, tmp_path, caps
 
 def test_bench_measures_every_variant_side_by_side(fp_checkpoint, tmp_path, capsys):
     out = tmp_path / "result.md"
-    variants = {"bf16", "packed", "packed+int4 head compiled", "packed, scale per row"}
+    variants = {"bf16", "packed", "packed+int4 head compiled", "packed (row scales)"}
     assert main(["bench", "--checkpoint", str(fp_checkpoint), "--prompt-tokens", "4", "--new-tokens", "3",
                  "--threads", "1", "--rounds", "2", "--variants", ",".join(variants), "--output", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())
@@ -102,7 +102,7 @@ def test_bench_measures_every_variant_side_by_side(fp_checkpoint, tmp_path, caps
     assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 for v in result["per_round"].values() for r in v)
     assert result["checkpoint_bytes"]["packed"] < result["checkpoint_bytes"]["bf16"]
     assert all(f["peak_rss_mib"] > 0 for f in result["final"].values())
-    assert result["load"]["packed, scale per row"]["kernel"] == "int4pack"  # the C++ kernels: one scale per tensor
+    assert result["load"]["packed (row scales)"]["kernel"] == "int4pack"  # the C++ kernels: one scale per tensor
     text = capsys.readouterr().out
     assert "| bf16 | torch (oneDNN) |" in text and "| packed |" in text and out.read_text().startswith(text.split("\n")[0])
     assert main(["bench", "--new-tokens", "1"]) == 2

@@ -560,11 +560,9 @@ def int4pack_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     q = torch.nn.functional.pad(q.to(torch.int32) + 8, (0, k_pad, 0, n_pad), value=8)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     groups = q.shape[1] // 32
-    per_row = scale.float().reshape(-1 if scale.numel() > 1 else 1, scale.shape[-1] if scale.dim() > 1 else 1)
-    per_row = per_row.expand(out_features, -1)
-    per_group = per_row.repeat_interleave(groups // per_row.shape[1], dim=1) if per_row.shape[1] > 1 else per_row
+    per_row = scale.float().reshape(scale.shape[0] if scale.dim() > 1 else 1, -1).expand(out_features, -1)
     scales_zeros = torch.zeros(groups, q.shape[0], 2, dtype=dtype)
-    scales_zeros[:, :out_features, 0] = per_group.t().to(dtype)
+    scales_zeros[:, :out_features, 0] = per_row.repeat_interleave(groups // per_row.shape[1], dim=1).t().to(dtype)
     return packed, scales_zeros
 
 
