@@ -500,14 +500,16 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     a = results["arguments"]
     minutes = sum(results["stage_seconds"].values()) / 60
+    pretrained = any(ROWS[r["row"]].pretrain for r in rows if r.get("row") in ROWS)
+    pretraining = f", {a['pretrain_tokens']:,} tokens of continued pre-training" if pretrained else ""
     return "\n".join([
         f"# BitDistill on {results['task']}: {Path(results['base']).name}",
         "",
         *lines,
         "",
         f"Evaluation: {results['eval_examples']} examples ({results['evaluation']}); training: "
-        f"{results['train_examples']} examples, {a['steps']} steps of {a['batch_size']} per fine-tuning, "
-        f"{a['pretrain_tokens']:,} tokens of continued pre-training. Decode speed: batch 1, 32 new tokens, greedy, "
+        f"{results['train_examples']} examples, {a['steps']} steps of {a['batch_size']} per fine-tuning"
+        f"{pretraining}. Decode speed: batch 1, 32 new tokens, greedy, "
         f"{results['threads']} threads, median of 3. Size: the FP16-SFT weights in bf16; BitNet rows: the packed "
         "checkpoint's safetensors (ternary 2-bit decoder weights, bf16 embeddings and norms), which is also what they "
         f"are evaluated and timed as. Seed {results['seed']}.",

@@ -78,6 +78,9 @@ def test_results_files_hold_the_table_and_the_command(finished):
         assert f"| {row['method']} | {row['metrics']['accuracy']:.2f} | {row['size_bytes'] / 2**20:.1f} |" in table
     assert "bitnet-hf pipeline ..." in table
     assert results_markdown(results) == table
+    assert "512 tokens of continued pre-training" in table  # the BitDistill row pretrains
+    without = {**results, "rows": [r for r in results["rows"] if r["row"] != "bitdistill"]}
+    assert "continued pre-training" not in results_markdown(without)  # no row that did: not mentioned
 
 
 def test_packed_models_carry_their_recipe_for_the_model_card(finished):
