@@ -5,7 +5,8 @@
   written for this project, labelled positive/negative, with negations and contrasts so that the label is not one
   word's. Released under this project's license (MIT).
 - Continued pre-training corpus: the docstrings of Python's standard library modules on the running interpreter
-  (``stdlib_docstrings``), English prose under the Python Software Foundation License.
+  (``stdlib_docstrings``), English prose under the Python Software Foundation License. Written beside the task
+  data for rows that pretrain (``bitnet-hf pipeline --rows bitdistill``); the demo's own rows do not.
 """
 
 from __future__ import annotations
