@@ -28,6 +28,12 @@ def set_quantization_strength(model: nn.Module, strength: float) -> int:
     return len(layers)
 
 
+def not_a_bitnet_model(setting: str) -> ValueError:
+    """The error for a BitNet-only training setting given a model without ``BitLinear`` layers."""
+    return ValueError(f"{setting} but the model has no BitLinear layers: it is not a BitNet training model (convert "
+                      "it with bitnet_hf.convert_to_bitnet first)")
+
+
 def warmup_strength(step: int, steps: int) -> float:
     """Linear ramp: ``step / steps``, 1 from ``steps`` on (and always 1 when ``steps`` is 0)."""
     return 1.0 if steps <= 0 else min(1.0, step / steps)
@@ -45,8 +51,7 @@ class QuantizationWarmup(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: nn.Module | None = None, **kwargs: Any) -> None:
         if model is not None and set_quantization_strength(model, 0.0) == 0:
-            raise ValueError("quantization_warmup_steps is set but the model has no BitLinear layers: it is not a "
-                             "BitNet training model (convert it with bitnet_hf.convert_to_bitnet first)")
+            raise not_a_bitnet_model("quantization_warmup_steps is set")
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                       model: nn.Module | None = None, **kwargs: Any) -> None:

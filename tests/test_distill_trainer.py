@@ -174,6 +174,16 @@ def test_hidden_state_kd_pairs_layers_and_is_computed_by_hand(tmp_path):
         BitDistillTrainer(model=student, teacher_model=wide, args=args, train_dataset=token_dataset())
 
 
+def refuses_a_full_precision_model(tmp_path, **bitnet_only):
+    """Training a full-precision model with a BitNet-only setting stops, naming what the model lacks."""
+    fp = BitDistillTrainer(model=tiny_model("llama"), args=config(tmp_path, logits_distill_weight=0.0,
+                                                                  attention_distill_weight=0.0, **bitnet_only),
+                           train_dataset=token_dataset())
+    setting = next(iter(bitnet_only))
+    with pytest.raises(ValueError, match=f"{setting}.* has no BitLinear layers: it is not a BitNet training model"):
+        fp.train()
+
+
 def test_quantization_warmup_follows_the_step(tmp_path):
     """The quantizers are blended in linearly over ``quantization_warmup_steps`` (here a fraction of the steps:
     4 of 6) and are fully on after training."""
@@ -194,12 +204,7 @@ def test_quantization_warmup_follows_the_step(tmp_path):
     trainer.train()
     assert seen == [{0.0}, {0.25}, {0.5}, {0.75}, {1.0}, {1.0}]
     assert {m.quantization_strength for m in student.modules() if isinstance(m, BitLinear)} == {1.0}
-    fp = BitDistillTrainer(model=tiny_model("llama"), args=config(tmp_path, quantization_warmup_steps=2,
-                                                                  logits_distill_weight=0.0,
-                                                                  attention_distill_weight=0.0),
-                           train_dataset=token_dataset())
-    with pytest.raises(ValueError, match="has no BitLinear layers: it is not a BitNet training model"):
-        fp.train()
+    refuses_a_full_precision_model(tmp_path, quantization_warmup_steps=2)
 
 
 def test_full_precision_parameters_train_at_their_own_learning_rate(tmp_path):
@@ -211,7 +216,6 @@ def test_full_precision_parameters_train_at_their_own_learning_rate(tmp_path):
 
     student = convert_to_bitnet(tiny_model("llama"))
     ternary = {id(m.weight) for m in student.modules() if isinstance(m, BitLinear)}
-    before = {n: p.detach().clone() for n, p in student.named_parameters()}
     ratios = []
 
     class Probe(TrainerCallback):
@@ -225,7 +229,8 @@ def test_full_precision_parameters_train_at_their_own_learning_rate(tmp_path):
     trainer.train()
     groups = trainer.optimizer.param_groups
     params = [id(p) for g in groups for p in g["params"]]
-    assert sorted(params) == sorted(id(p) for p in student.parameters()) and len(groups) == 3  # decayed: ternary, embeddings; not decayed: norms
+    # decayed: ternary weights, embeddings; not decayed: norms
+    assert sorted(params) == sorted(id(p) for p in student.parameters()) and len(groups) == 3
     assert [r for r, _ in ratios] == pytest.approx([0.25] * 4) and ratios[0][1] > ratios[-1][1]
     args = config(tmp_path, full_precision_lr_ratio=0.0, logits_distill_weight=0.0, attention_distill_weight=0.0)
     frozen = BitDistillTrainer(model=student, args=args, train_dataset=token_dataset())
@@ -233,12 +238,7 @@ def test_full_precision_parameters_train_at_their_own_learning_rate(tmp_path):
     frozen.train()
     moved = {n for n, p in student.named_parameters() if not torch.equal(p, before[n])}
     assert moved == {n for n, p in student.named_parameters() if id(p) in ternary}
-    fp = BitDistillTrainer(model=tiny_model("llama"), args=config(tmp_path, full_precision_lr_ratio=0.5,
-                                                                  logits_distill_weight=0.0,
-                                                                  attention_distill_weight=0.0),
-                           train_dataset=token_dataset())
-    with pytest.raises(ValueError, match="no BitLinear layers: it is not a BitNet training model"):
-        fp.train()
+    refuses_a_full_precision_model(tmp_path, full_precision_lr_ratio=0.5)
 
 
 def test_each_term_is_logged(tmp_path):

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from ..data import CompletionCollator, tokenize_prompt_completion
 from ..models.layers import BitLinear, PackedBitLinear
-from ..warmup import QuantizationWarmup
+from ..warmup import QuantizationWarmup, not_a_bitnet_model
 from .capture import QKVCapture, projection_widths, resolve_layer
 from .config import BitDistillConfig
 from .losses import (
@@ -198,9 +198,7 @@ class BitDistillTrainer(Trainer):
             return optimizer
         ternary = {id(m.weight) for m in (model or self.model).modules() if isinstance(m, BitLinear)}
         if not ternary:
-            raise ValueError(f"full_precision_lr_ratio={ratio} but the model has no BitLinear layers: it is not a "
-                             "BitNet training model (convert it with bitnet_hf.convert_to_bitnet first, or leave the "
-                             "ratio at 1)")
+            raise not_a_bitnet_model(f"full_precision_lr_ratio={ratio} (1: one learning rate for all) is set")
         groups = []
         for group in optimizer.param_groups:
             kept = [p for p in group["params"] if id(p) in ternary]
