@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .bench import VARIANTS
 from .models.base import SUBLN_PLACEMENTS
-from .models.quantization import WEIGHT_SCALES, WeightScheme
+from .models.quantization import WEIGHT_SCALES, WEIGHT_SCHEMES, WeightScheme
 from .reconstruct import ReconstructionOptions
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -80,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="ternary weight scales: one per tensor (the paper's, default), per output row, or per group "
                    "of --group-size input columns (Block-Quant)")
     p.add_argument("--group-size", type=int, default=0, help="columns per scale with --scale group (a multiple of 32)")
+    p.add_argument("--scheme", choices=WEIGHT_SCHEMES, default="absmean",
+                   help="initial ternary values: absmean rounding (the paper's, default) or gptq (rounding with error "
+                   "compensation from --calibration-data, which it needs)")
     p.add_argument("--calibration-data", type=Path,
                    help="text (one sample a line), JSONL/JSON, CSV/TSV or parquet file, or a folder of them, to "
-                   "calibrate the SubLN gains on")
+                   "calibrate the SubLN gains (and --scheme gptq) on")
     p.add_argument("--text-field", default="text",
                    help="column holding the text (default: text, which is also a plain text file's column)")
     p.add_argument("--calibration-samples", type=int, default=64, help="samples to calibrate on (default: 64)")
@@ -343,6 +346,8 @@ def _summary(trainer, what: str) -> None:  # noqa: ANN001
 
 
 def _convert(args: argparse.Namespace) -> int:
+    import logging
+
     import torch
     from transformers import AutoTokenizer, PreTrainedModel
 
@@ -361,6 +366,9 @@ def _convert(args: argparse.Namespace) -> int:
     if reconstruct and (args.calibration_data is None or args.no_quantize):
         raise ValueError("--reconstruct-steps needs --calibration-data (text the blocks are reconstructed on) and "
                          "the quantizers on (no --no-quantize)")
+    if args.scheme == "gptq" and (args.calibration_data is None or args.no_quantize):
+        raise ValueError("--scheme gptq needs --calibration-data (text each layer's Hessian is computed on) and the "
+                         "quantizers on (no --no-quantize)")
     check_output_folder(check_output_dir(args.out, args.overwrite), "OUT")
     check_checkpoint(args.src, "SRC")
     from transformers import AutoConfig
@@ -378,11 +386,12 @@ def _convert(args: argparse.Namespace) -> int:
         texts = _read_texts(args.calibration_data, args.text_field, args.calibration_samples)
         batches = _batches(tokenizer, texts, args.max_length)
     dtype = getattr(torch, args.dtype)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     def convert() -> PreTrainedModel:
         return convert_to_bitnet(args.src, subln=args.subln, quantize=not args.no_quantize,
                                  calibration_batches=batches, dtype=dtype, weight_scale=args.scale,
-                                 group_size=args.group_size)
+                                 group_size=args.group_size, weight_scheme=args.scheme)
 
     results = []
     if reconstruct:  # the text is read before any model loads: too little is an error that costs nothing

@@ -25,7 +25,8 @@ from transformers.trainer import TRAINER_STATE_NAME
 from .models import BITNET_CLASS_FOR, CONFIG_CLASSES
 from .models.base import SUBLN_PLACEMENTS, BitNetConfigMixin
 from .models.layers import BitLinear, PackedBitLinear
-from .models.quantization import WeightScheme
+from .gptq import gptq_round
+from .models.quantization import WEIGHT_SCHEMES, WeightScheme
 
 # Config keys that describe the source checkpoint rather than the model, dropped when building a BitNet config.
 _SOURCE_ONLY_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "dtype")
@@ -47,6 +48,7 @@ def convert_to_bitnet(
     dtype: torch.dtype | None = None,
     weight_scale: str = "tensor",
     group_size: int = 0,
+    weight_scheme: str = "absmean",
 ) -> PreTrainedModel:
     """Convert a full-precision transformers model into its BitNet counterpart (BitDistill stage 1).
 
@@ -62,6 +64,9 @@ def convert_to_bitnet(
             instance keeps its own.
         weight_scale / group_size: the ternary weights' scales (``WeightScheme``): ``"tensor"`` (the paper's),
             ``"row"``, or ``"group"`` of ``group_size`` input columns (Block-Quant); recorded in the config.
+        weight_scheme: how the initial ternary values are chosen: ``"absmean"`` rounding of each weight (the
+            paper's) or ``"gptq"`` rounding with error compensation from ``calibration_batches``
+            (:mod:`bitnet_hf.gptq`; rewrites the latent weights); recorded in the config.
 
     Returns:
         The BitNet model. It shares its weight tensors with ``model`` when given an instance (no copy).
@@ -69,6 +74,13 @@ def convert_to_bitnet(
     if subln not in SUBLN_PLACEMENTS:
         raise ValueError(f"subln={subln!r} is not a SubLN placement; use one of {SUBLN_PLACEMENTS}")
     scheme = WeightScheme(weight_scale, group_size)  # a bad layout is an error before the model loads
+    if weight_scheme not in WEIGHT_SCHEMES:
+        raise ValueError(f"weight scheme {weight_scheme!r} is not one of {', '.join(WEIGHT_SCHEMES)}")
+    if weight_scheme == "gptq":
+        if calibration_batches is None or not quantize:
+            raise ValueError("the gptq weight scheme needs calibration_batches (text to compute each layer's "
+                             "Hessian from; --calibration-data on the command line) and quantize=True")
+        calibration_batches = list(calibration_batches)  # read twice: SubLN gains, then the Hessians
     if scheme.scale == "group":
         check_scheme(model.config if isinstance(model, PreTrainedModel) else AutoConfig.from_pretrained(model), scheme)
     if not isinstance(model, PreTrainedModel):
@@ -77,7 +89,8 @@ def convert_to_bitnet(
 
     fields = {k: v for k, v in model.config.to_dict().items() if k not in _SOURCE_ONLY_KEYS}
     config = bitnet_cls.config_class(**fields, bitnet_subln=subln, bitnet_quantize=quantize,
-                                     bitnet_weight_scale=weight_scale, bitnet_group_size=group_size)
+                                     bitnet_weight_scale=weight_scale, bitnet_group_size=group_size,
+                                     bitnet_weight_scheme=weight_scheme)
     config._attn_implementation = model.config._attn_implementation
     with torch.device("meta"):
         skeleton = bitnet_cls(config)
@@ -92,6 +105,8 @@ def convert_to_bitnet(
     with torch.no_grad():
         for name, gain in gains.items():
             bitnet.get_submodule(name).sub_norm.weight.copy_(gain)
+    if weight_scheme == "gptq":
+        gptq_round(bitnet, calibration_batches)
     if getattr(model, "generation_config", None) is not None:  # classifiers have none
         bitnet.generation_config = model.generation_config
     bitnet.train(model.training)

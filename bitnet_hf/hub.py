@@ -149,7 +149,9 @@ def render_model_card(
 
 def _scale_text(config: dict[str, Any]) -> str:
     scale = config.get("bitnet_weight_scale", "tensor")
-    return f"group of {config.get('bitnet_group_size')} input columns" if scale == "group" else scale
+    text = f"group of {config.get('bitnet_group_size')} input columns" if scale == "group" else scale
+    gptq = config.get("bitnet_weight_scheme") == "gptq"
+    return text + (" (ternary values initialised by GPTQ rounding at conversion)" if gptq else "")
 
 
 def upload_plan(checkpoint_dir: str | os.PathLike) -> list[Path]:

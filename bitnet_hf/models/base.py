@@ -30,7 +30,7 @@ from .layers import (
     QuantizedLMHead,
     SubLN,
 )
-from .quantization import WeightScheme
+from .quantization import WEIGHT_SCHEMES, WeightScheme
 
 SUBLN_PLACEMENTS = ("paper", "all", "none")
 
@@ -58,6 +58,9 @@ class BitNetConfigMixin:
             paper's), ``"row"`` (one per output row) or ``"group"`` (one per ``bitnet_group_size`` input columns of a
             row, Block-Quant).
         bitnet_group_size: the columns of a group (a multiple of 32) with ``bitnet_weight_scale="group"``; else 0.
+        bitnet_weight_scheme: how the conversion chose the initial ternary values: ``"absmean"`` rounding (the
+            paper's) or ``"gptq"`` (``bitnet_hf.gptq``). A record only: training and packing round the latent
+            weights by absmean either way.
     """
 
     bitnet_subln: str = "paper"
@@ -66,6 +69,7 @@ class BitNetConfigMixin:
     bitnet_lm_head: str = "full"
     bitnet_weight_scale: str = "tensor"
     bitnet_group_size: int = 0
+    bitnet_weight_scheme: str = "absmean"
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.bitnet_subln not in SUBLN_PLACEMENTS:
@@ -73,6 +77,8 @@ class BitNetConfigMixin:
         if self.bitnet_lm_head not in LM_HEAD_MODES:
             raise ValueError(f"bitnet_lm_head={self.bitnet_lm_head!r} is not one of {LM_HEAD_MODES}")
         WeightScheme.of(self)  # a ValueError for a scale layout that does not exist
+        if self.bitnet_weight_scheme not in WEIGHT_SCHEMES:
+            raise ValueError(f"bitnet_weight_scheme={self.bitnet_weight_scheme!r} is not one of {WEIGHT_SCHEMES}")
         if self.bitnet_packed and not self.bitnet_quantize:
             raise ValueError("bitnet_packed=True stores quantized weights, so it needs bitnet_quantize=True")
         super().__post_init__(**kwargs)

@@ -36,6 +36,7 @@ def quantize_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 WEIGHT_SCALES = ("tensor", "row", "group")
+WEIGHT_SCHEMES = ("absmean", "gptq")  # how conversion picks the initial ternary values (bitnet_hf.gptq)
 INT4_GROUP = 32  # columns per scale of PyTorch's int4 CPU matmul, the packed route for finer scales
 
 
