@@ -113,15 +113,20 @@ def convert_to_bitnet(
     return bitnet
 
 
-def check_scheme(config: transformers.PretrainedConfig, scheme: WeightScheme) -> None:
-    """A ``ValueError`` if ``scheme``'s groups do not divide the input width of every decoder projection of a
-    model with ``config`` (q/k/v and gate/up read ``hidden_size``, o_proj the attention features, down_proj
-    ``intermediate_size``)."""
+def projection_widths(config: transformers.PretrainedConfig) -> dict[str, int]:
+    """The input widths of a model's decoder projections, from its config: q/k/v and gate/up read
+    ``hidden_size``, o_proj the attention features, down_proj ``intermediate_size``."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = getattr(config, "num_attention_heads", 0) * (getattr(config, "head_dim", None) or (
         config.hidden_size // max(1, getattr(config, "num_attention_heads", 1))))
-    for name, width in (("q/k/v_proj, gate/up_proj", config.hidden_size), ("o_proj", heads),
-                        ("down_proj", getattr(config, "intermediate_size", config.hidden_size))):
+    return {"q/k/v_proj, gate/up_proj": config.hidden_size, "o_proj": heads,
+            "down_proj": getattr(config, "intermediate_size", config.hidden_size)}
+
+
+def check_scheme(config: transformers.PretrainedConfig, scheme: WeightScheme) -> None:
+    """A ``ValueError`` if ``scheme``'s groups do not divide the input width of every decoder projection of a
+    model with ``config``."""
+    for name, width in projection_widths(config).items():
         scheme.check(width, name)
 
 

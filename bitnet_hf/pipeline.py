@@ -37,14 +37,22 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .checks import check_checkpoint, check_output_folder, check_same_vocabulary, check_tokenizer
-from .convert import check_scheme, convert_to_bitnet, pack_bitnet, save_checkpoint, save_trained_model
+from .convert import (
+    check_scheme,
+    convert_to_bitnet,
+    pack_bitnet,
+    projection_widths,
+    save_checkpoint,
+    save_trained_model,
+)
 from .data import iter_texts, load_text_dataset, require_columns
 from .distill import BitDistillConfig, BitDistillTrainer
 from .distill.config import DistillOptions
 from .distill.trainer import load_for_training
 from .evaluation import decode_speed, evaluate_model
 from .hub import RECIPE_FILE
-from .models.quantization import WEIGHT_SCALES, WeightScheme
+from .gptq import count_tokens
+from .models.quantization import WEIGHT_SCALES, WEIGHT_SCHEMES, WeightScheme
 from .pretrain import PretrainConfig, continue_pretraining
 from .reconstruct import ReconstructionOptions, calibration_sequences, reconstruct_checkpoint, summary
 from .tasks import ClassificationTask, Splits, get_task, train_eval_splits
@@ -163,6 +171,10 @@ class PipelineArguments(DistillOptions, ReconstructionOptions):
         "help": "ternary weight scales of every BitNet row: tensor (the paper's), row, or group (Block-Quant, "
                 "--group-size columns)", "choices": list(WEIGHT_SCALES)})
     group_size: int = field(default=0, metadata={"help": "columns per scale with --weight-scale group"})
+    weight_scheme: str = field(default="absmean", metadata={
+        "help": "initial ternary values of every BitNet row: absmean rounding (the paper's) or gptq (rounding with "
+                "error compensation, calibrated on --calibration-samples task prompts)",
+        "choices": list(WEIGHT_SCHEMES)})
     bf16: bool = field(default=True, metadata={"help": "train under bf16 autocast (fp32 weights)"})
     eval_batch_size: int = field(default=32, metadata={"help": "examples per evaluation batch"})
     eval_method: str = field(default="score", metadata={"help": "classification: score (label words) or generate"})
@@ -235,11 +247,15 @@ class Pipeline:
         if scheme.scale == "group":
             check_scheme(AutoConfig.from_pretrained(a.base), scheme)
         for converted in sorted(self.out.glob("convert-*/config.json")):  # one scheme per output directory
-            built = WeightScheme.of(AutoConfig.from_pretrained(converted.parent))
+            config = AutoConfig.from_pretrained(converted.parent)
+            built = WeightScheme.of(config)
             if built != scheme:
                 raise ValueError(f"{converted.parent} was converted with scales per {built.scale} (group size "
                                  f"{built.group_size}), not per {scheme.scale} (group size {scheme.group_size}); "
                                  "use another --output-dir for another weight scale")
+            if config.bitnet_weight_scheme != a.weight_scheme:
+                raise ValueError(f"{converted.parent} was converted with the {config.bitnet_weight_scheme} weight "
+                                 f"scheme, not {a.weight_scheme}; use another --output-dir for another scheme")
         self.tokenizer = AutoTokenizer.from_pretrained(a.base)
         if a.teacher_base is not None:
             check_same_vocabulary(base, check_checkpoint(a.teacher_base, "--teacher-base"),
@@ -256,6 +272,13 @@ class Pipeline:
                                         train_size=a.train_size, eval_size=a.eval_size, seed=a.seed)
         if any(ROWS[r].pretrain for r in a.rows) and {"pretrain"} & set(a.stages):
             require_columns(load_text_dataset(a.corpus), [a.corpus_field], f"the corpus {a.corpus}")
+        if a.weight_scheme == "gptq" and "convert" in a.stages and any(not ROWS[r].fp for r in a.rows):
+            tokens = count_tokens(self._calibration_batches())
+            needed = max(projection_widths(AutoConfig.from_pretrained(a.base)).values())
+            if tokens < needed:
+                raise ValueError(f"--weight-scheme gptq: the {a.calibration_samples} calibration prompts hold "
+                                 f"{tokens} tokens; GPTQ needs at least {needed} (the widest projection input): "
+                                 f"raise --calibration-samples to about {a.calibration_samples * needed // tokens + 1}")
         logger.info("task %s: %d training examples, evaluation on %d (%s)", self.task.name, len(self.splits.train),
                     len(self.splits.eval), self.splits.eval_source)
 
@@ -308,11 +331,16 @@ class Pipeline:
         if (path / "config.json").is_file():
             logger.info("%s exists, skipping", path)
             return
-        batches = None if subln == "none" else self.task.prompt_inputs(self.splits.train, self.tokenizer,
-                                                                       self.args.calibration_samples)
+        gptq = self.args.weight_scheme == "gptq"
+        batches = None if subln == "none" and not gptq else self._calibration_batches()
         model = convert_to_bitnet(self.args.base, subln=subln, calibration_batches=batches,
-                                  weight_scale=self.args.weight_scale, group_size=self.args.group_size)
+                                  weight_scale=self.args.weight_scale, group_size=self.args.group_size,
+                                  weight_scheme=self.args.weight_scheme)
         save_checkpoint(model, path, tokenizer=self.tokenizer, overwrite=True)
+
+    def _calibration_batches(self) -> list[dict[str, torch.Tensor]]:
+        """The task prompts the conversion calibrates on (SubLN gains; GPTQ's Hessians)."""
+        return list(self.task.prompt_inputs(self.splits.train, self.tokenizer, self.args.calibration_samples))
 
     def _reconstruct(self, subln: str) -> None:
         a = self.args

@@ -337,3 +337,23 @@ def test_a_run_converts_with_its_weight_scheme_and_keeps_to_it(workspace, tmp_pa
     assert not (tmp_path / "other").exists()
     with pytest.raises(ValueError, match="group size 48 must be a positive multiple of 32"):
         arguments(workspace, out, weight_scale="group", group_size=48)
+
+
+def test_gptq_scheme_calibrates_on_task_prompts_and_checks_their_length_first(workspace, tmp_path):
+    """``--weight-scheme gptq``: too few calibration tokens for the widest projection stop the run before any work,
+    naming the --calibration-samples to ask for; with enough, BitNet-SFT's checkpoint records the scheme (its
+    un-SubLN'd conversion calibrates too)."""
+    wide = tmp_path / "wide"  # a 4096-wide FFN: more than one prompt's tokens
+    tiny_model("llama", intermediate_size=4096).save_pretrained(wide)
+    tiny_chat_tokenizer().save_pretrained(wide)
+    with pytest.raises(ValueError, match=r"1 calibration prompts hold \d+ tokens; GPTQ needs at least 4096 .* "
+                                         r"raise --calibration-samples to about \d+"):
+        Pipeline(arguments(workspace, tmp_path / "few", base=str(wide), rows=["bitnet_sft"], weight_scheme="gptq",
+                           calibration_samples=1)).run()
+    assert not (tmp_path / "few").exists()
+    out = tmp_path / "run"
+    Pipeline(arguments(workspace, out, rows=["bitnet_sft"], stages=["bitnet_sft", "convert"], steps=1,
+                       weight_scheme="gptq", calibration_samples=16)).run()
+    assert json.loads((out / "convert-none" / "config.json").read_text())["bitnet_weight_scheme"] == "gptq"
+    with pytest.raises(ValueError, match="converted with the gptq weight scheme, not absmean"):
+        Pipeline(arguments(workspace, out, rows=["bitnet_sft"])).run()
