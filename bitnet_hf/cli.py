@@ -275,12 +275,17 @@ def _check_training(model: str, teacher: str | None, output_dir: str, replace: b
                               "to replace it, or choose another --output-dir")
 
 
-def _pipeline(args, command: list[str]) -> int:  # noqa: ANN001 - PipelineArguments, imported lazily
+def _log_progress() -> None:
+    """Show the library's INFO log lines (stage starts, GPTQ's summary) with their time."""
     import logging
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _pipeline(args, command: list[str]) -> int:  # noqa: ANN001 - PipelineArguments, imported lazily
     from .pipeline import Pipeline
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _log_progress()
     results = Pipeline(args, command).run()
     out = Path(args.output_dir)
     print((out / "results.md").read_text())
@@ -346,8 +351,6 @@ def _summary(trainer, what: str) -> None:  # noqa: ANN001
 
 
 def _convert(args: argparse.Namespace) -> int:
-    import logging
-
     import torch
     from transformers import AutoTokenizer, PreTrainedModel
 
@@ -386,7 +389,7 @@ def _convert(args: argparse.Namespace) -> int:
         texts = _read_texts(args.calibration_data, args.text_field, args.calibration_samples)
         batches = _batches(tokenizer, texts, args.max_length)
     dtype = getattr(torch, args.dtype)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _log_progress()
 
     def convert() -> PreTrainedModel:
         return convert_to_bitnet(args.src, subln=args.subln, quantize=not args.no_quantize,

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from tiny import FAMILIES, tiny_model, tiny_tokenizer
+from tiny import FAMILIES, save_tiny_checkpoint, tiny_model
 from torch import nn
 
 from bitnet_hf import convert_to_bitnet, pack_bitnet, save_checkpoint
@@ -106,9 +106,7 @@ def test_gptq_refuses_missing_or_too_little_calibration():
 
 
 def test_cli_convert_with_gptq(tmp_path, capsys):
-    src = tmp_path / "fp"
-    tiny_model("llama").save_pretrained(src)
-    tiny_tokenizer().save_pretrained(src)
+    src = save_tiny_checkpoint(tmp_path / "fp")
     text = tmp_path / "calibration.txt"
     text.write_text("\n".join(f"calibration sample number {i}: some ordinary words to read." for i in range(16)))
     assert main(["convert", str(src), str(tmp_path / "no"), "--scheme", "gptq"]) == 2

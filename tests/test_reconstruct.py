@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from tiny import tiny_model, tiny_tokenizer, tokens
+from tiny import save_tiny_checkpoint, tiny_model, tiny_tokenizer, tokens
 
 import bitnet_hf.reconstruct as reconstruct_module
 from bitnet_hf import convert_to_bitnet
@@ -122,9 +122,7 @@ def test_bad_models_and_data_fail_before_any_work():
 
 
 def test_cli_convert_reconstructs_and_records_it(tmp_path, capsys):
-    src = tmp_path / "fp"
-    tiny_model("llama").save_pretrained(src)
-    tiny_tokenizer().save_pretrained(src)
+    src = save_tiny_checkpoint(tmp_path / "fp")
     data = tmp_path / "corpus.txt"
     data.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog" for i in range(40)))
     flags = ["--calibration-data", str(data), "--reconstruct-steps", "10", "--reconstruct-sequences", "8",
@@ -148,9 +146,7 @@ def test_cli_convert_reconstructs_and_records_it(tmp_path, capsys):
 
 
 def test_cli_convert_resumes_an_interrupted_reconstruction(tmp_path, monkeypatch, capsys):
-    src = tmp_path / "fp"
-    tiny_model("llama").save_pretrained(src)
-    tiny_tokenizer().save_pretrained(src)
+    src = save_tiny_checkpoint(tmp_path / "fp")
     data = tmp_path / "corpus.txt"
     data.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog" for i in range(40)))
     argv = ["convert", str(src), str(tmp_path / "out"), "--calibration-data", str(data), "--reconstruct-steps", "5",

@@ -90,3 +90,11 @@ def tiny_chat_tokenizer():
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def save_tiny_checkpoint(path, family: str = "llama"):
+    """A tiny ``family`` model with the character-level tokenizer, saved to ``path`` (a convertible checkpoint that
+    can read calibration text); returns ``path``."""
+    tiny_model(family).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
