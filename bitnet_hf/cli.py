@@ -476,7 +476,7 @@ def _add_bench_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpars
     p = sub.add_parser("bench", help="CPU speed, memory and size: bf16 vs fp32 vs packed ternary, side by side",
                        description="Build the same model in bf16, fp32 and packed ternary (lm_head full, int8, "
                        "int4; bf16, int4 and int4 with exact top logits also with compiled decoding; scales per row "
-                       "and per group of 64 on the int4pack route), "
+                       "(C++ kernels) and per group of 64 (int4pack for decoding, torch for prefill)), "
                        "load each in its own process and measure decode and prefill speed inside generate, peak "
                        "RSS and checkpoint size, in interleaved rounds; print ratios to bf16. With llama-cpp-python "
                        "installed, also llama.cpp on GGUF exports of the same models: the ternary one (TQ2_0, TQ1_0) "

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from bitnet_hf import convert_to_bitnet, pack_bitnet, save_checkpoint
 from bitnet_hf.cli import main
-from bitnet_hf.models.kernels import int4pack_linear, int4pack_weight
-from bitnet_hf.models.layers import BitLinear, PackedBitLinear
+from bitnet_hf.models.kernels import cpu_kernel, int4pack_linear, int4pack_weight
+from bitnet_hf.models.layers import INT4PACK_MAX_ROWS, BitLinear, PackedBitLinear
 from bitnet_hf.models.quantization import (
     WeightScheme,
     dequantize_weights,
@@ -46,8 +46,9 @@ def test_scales_are_absmeans_of_their_block():
 @pytest.mark.parametrize("scale, group_size", SCHEMES)
 def test_packed_model_reproduces_training_for_every_scheme(family, scale, group_size, tmp_path):
     """The scheme travels into the config and the packed scales; the packed model reproduces the training forward
-    bit for bit on the torch kernel and to float rounding on int4pack (the route of finer scales on CPU, whose
-    groups of 32 hold them exactly); the warm-up blends the scheme's own quantizer in."""
+    bit for bit on the torch kernel and to float rounding on the kernel chosen for it on CPU (per row: the C++
+    kernels; per group: int4pack, whose groups of 32 hold them exactly, for a few bf16 rows); the warm-up blends the
+    scheme's own quantizer in."""
     model = convert_to_bitnet(tiny_model(family), weight_scale=scale, group_size=group_size).eval()
     layer = model.model.layers[0].mlp.down_proj
     assert isinstance(layer, BitLinear) and layer.scheme == WeightScheme(scale, group_size)
@@ -74,7 +75,14 @@ def test_packed_model_reproduces_training_for_every_scheme(family, scale, group_
     with torch.no_grad():
         with kernel("torch"):
             assert torch.equal(loaded(x).logits, expected)
-        assert packed_layer.kernel_for(x.float()) == "int4pack"  # the C++ kernels take one scale per tensor
+        # per row: the C++ kernels (when built here); per group: int4pack for a few bf16 rows, else the torch kernel
+        chosen = cpu_kernel()
+        decode, prefill = torch.zeros(1, layer.in_features), torch.zeros(2 * INT4PACK_MAX_ROWS, layer.in_features)
+        if scale == "row":
+            assert packed_layer.kernel_for(decode) == packed_layer.kernel_for(prefill) == chosen
+        else:
+            assert packed_layer.kernel_for(decode.bfloat16()) == ("torch" if chosen == "torch" else "int4pack")
+            assert packed_layer.kernel_for(decode) == packed_layer.kernel_for(prefill.bfloat16()) == "torch"
         torch.testing.assert_close(loaded(x).logits, expected, rtol=1e-5, atol=1e-5)
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "train", dtype=torch.float32).eval()
     assert again.model.layers[0].mlp.down_proj.scheme == WeightScheme(scale, group_size)

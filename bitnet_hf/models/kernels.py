@@ -14,12 +14,14 @@ Kernels (``BITNET_HF_KERNEL`` forces one; ``auto``, the default, takes the first
   (``torch._int_mm``), which reuses each weight load across many rows: 0.6-1.06x the time of bf16 ``F.linear`` at
   128-2048 rows here (``benchmarks/many_rows.py``).
 * ``int4pack``: no compiler needed: the ternary weights stored exactly as int4 (2x the packed size) through
-  PyTorch's ``_weight_int4pack_mm_for_cpu``, fed the dequantized int8 activations.
+  PyTorch's ``_weight_int4pack_mm_for_cpu``, fed the dequantized int8 activations. Fast only for bfloat16 inputs
+  of a few rows: ``PackedBitLinear`` gives it those alone (``INT4PACK_MAX_ROWS``) and the rest to ``torch``.
 * ``torch``: unpack and ``F.linear`` at every call (``PackedBitLinear``'s reference forward; any device).
 
 Exactness. ``vnni`` and ``avx2`` quantize the activations exactly as :func:`quantize_activations` does (same
 float32 operations, round half to even) and compute the same integer dot products ``xq . wq`` as the reference,
-on either route; they then scale in float32: ``y = float(dot) * ((absmax / 127) * weight_scale) (+ bias)``,
+on either route; they then scale in float32: ``y = float(dot) * ((absmax / 127) * weight_scale) (+ bias)``, with
+one ``weight_scale`` per tensor or per output row (scales per group along the input are not theirs to take),
 rounded once to the input dtype. So they equal that expression of the integer reference bit for bit; against the
 ``torch`` path (which rounds ``xq * absmax / 127`` and ``wq * s`` to the input dtype before a float matmul) they
 differ by float rounding only. ``int4pack`` multiplies the same dequantized values as the ``torch`` path, in another
@@ -254,12 +256,14 @@ void unpack_field(const uint8_t* src, int64_t K, int shift, int8_t* dst) {
   for (; k < K; ++k) dst[k] = static_cast<int8_t>(((src[k] >> shift) & 3) - 1);
 }
 
-// y[m, n] = float(sum_k xq[m, k] * wq[n, k]) * ((absmax[m] / 127) * scale) (+ bias[n]), for each weight of
-// `weights` (uint8, transformers' packed layout) read with the same activations. One parallel loop over all
-// packed rows of all weights.
+// y[m, n] = float(sum_k xq[m, k] * wq[n, k]) * ((absmax[m] / 127) * scale[n]) (+ bias[n]), for each weight of
+// `weights` (uint8, transformers' packed layout) read with the same activations; `scales[i]` points at one float
+// per tensor (scale_strides[i] == 0) or one per output row (1). One parallel loop over all packed rows of all
+// weights.
 template <typename T>
 std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vector<at::Tensor>& weights,
-                                           const std::vector<float>& scales,
+                                           const std::vector<const float*>& scales,
+                                           const std::vector<int64_t>& scale_strides,
                                            const std::vector<std::optional<at::Tensor>>& biases,
                                            const std::vector<int64_t>& out_features, int isa) {
   const int64_t M = x.size(0), K = x.size(1);
@@ -297,7 +301,8 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
       dots.resize(kTokenChunk * 4 * chunk);
       int8_t* const wbuf = unpacked.data();  // thread_local names would mean the worker threads' own copies
       int32_t* const dbuf = dots.data();
-      const float scale = scales[i];
+      const float* scale = scales[i];
+      const int64_t scale_stride = scale_strides[i];
       const T* bias = biases[i].has_value() ? biases[i]->data_ptr<T>() : nullptr;
       T* y = outs[i].data_ptr<T>();
       for (int64_t r0 = 0; r0 < R; r0 += chunk) {
@@ -320,13 +325,13 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
           at::_int_mm_out(d, xq_rows.narrow(0, m0, mc).narrow(1, 0, K), wq.t());
           at::parallel_for(0, mc, std::max<int64_t>(1, 16384 / cols), [&](int64_t begin, int64_t end) {
             for (int64_t m = begin; m < end; ++m) {
-              const float factor = (absmax[m0 + m] / 127.f) * scale;
+              const float step = absmax[m0 + m] / 127.f;
               T* ym = y + (m0 + m) * N;
               for (int64_t j = 0; j < 4; ++j) {
                 const int32_t* dm = dbuf + m * cols + segment[j];
                 const int64_t first = j * R + r0;  // output row of the segment's first column
                 for (int64_t c = 0; c < segment[j + 1] - segment[j]; ++c) {
-                  float v = static_cast<float>(dm[c]) * factor;
+                  float v = static_cast<float>(dm[c]) * (step * scale[(first + c) * scale_stride]);
                   if (bias) v = v + static_cast<float>(bias[first + c]);
                   store(ym + first + c, v);
                 }
@@ -353,7 +358,8 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
         while (flat >= first_row[i + 1]) ++i;
         const int64_t r = flat - first_row[i], R = weights[i].size(0), N = out_features[i];
         const uint8_t* w = weights[i].data_ptr<uint8_t>() + r * K;
-        const float scale = scales[i];
+        const float* scale = scales[i];
+        const int64_t scale_stride = scale_strides[i];
         const T* bias = biases[i].has_value() ? biases[i]->data_ptr<T>() : nullptr;
         T* y = outs[i].data_ptr<T>();
         for (int64_t m0 = mb; m0 < me; m0 += tokens) {
@@ -361,11 +367,11 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
           ternary_dots(isa, nt, w, K, xq + m0 * Kp, Kp, dots);
           for (int64_t t = 0; t < nt; ++t) {
             const int64_t m = m0 + t;
-            const float factor = (absmax[m] / 127.f) * scale;
+            const float step = absmax[m] / 127.f;
             for (int64_t j = 0; j < 4; ++j) {
               const int64_t row = j * R + r;
               if (row >= N) break;
-              float v = static_cast<float>(dots[t * 4 + j] - xsum[m]) * factor;
+              float v = static_cast<float>(dots[t * 4 + j] - xsum[m]) * (step * scale[row * scale_stride]);
               if (bias) v = v + static_cast<float>(bias[row]);
               store(y + m * N + row, v);
             }
@@ -390,7 +396,9 @@ std::vector<at::Tensor> ternary_linear(const at::Tensor& x, at::TensorList weigh
               "bitnet_hf::ternary_linear: weights, scales, biases and out_features must have the same length");
   const at::Tensor xc = x.contiguous();
   std::vector<at::Tensor> ws;
-  std::vector<float> ss;
+  std::vector<at::Tensor> ss;  // float32, contiguous: kept alive for the pointers below
+  std::vector<const float*> sp;
+  std::vector<int64_t> strides;
   std::vector<std::optional<at::Tensor>> bs;
   std::vector<int64_t> ns(out_features.begin(), out_features.end());
   for (size_t i = 0; i < n; ++i) {
@@ -399,10 +407,12 @@ std::vector<at::Tensor> ternary_linear(const at::Tensor& x, at::TensorList weigh
                 "bitnet_hf::ternary_linear: weight ", i, " must be a uint8 CPU tensor (ceil(out / 4), in)");
     TORCH_CHECK(w.size(0) == (ns[i] + 3) / 4, "bitnet_hf::ternary_linear: weight ", i, " has ", w.size(0),
                 " packed rows for ", ns[i], " outputs");
-    TORCH_CHECK(scales[i].numel() == 1 && scales[i].device().is_cpu(),
-                "bitnet_hf::ternary_linear: scale ", i, " must be one number on the CPU");
+    TORCH_CHECK((scales[i].numel() == 1 || scales[i].numel() == ns[i]) && scales[i].device().is_cpu(),
+                "bitnet_hf::ternary_linear: scale ", i, " must hold one number or one per output row on the CPU");
     ws.push_back(w.contiguous());
-    ss.push_back(scales[i].item<float>());
+    ss.push_back(scales[i].to(at::kFloat).contiguous());
+    sp.push_back(ss.back().data_ptr<float>());
+    strides.push_back(scales[i].numel() == 1 ? 0 : 1);
     std::optional<at::Tensor> b = biases.get(i);
     if (b.has_value()) {
       TORCH_CHECK(b->numel() == ns[i] && b->device().is_cpu(), "bitnet_hf::ternary_linear: bias ", i, " has ",
@@ -411,8 +421,8 @@ std::vector<at::Tensor> ternary_linear(const at::Tensor& x, at::TensorList weigh
     }
     bs.push_back(b);
   }
-  if (x.scalar_type() == at::kFloat) return ternary_linear_impl<float>(xc, ws, ss, bs, ns, int(isa));
-  return ternary_linear_impl<at::BFloat16>(xc, ws, ss, bs, ns, int(isa));
+  if (x.scalar_type() == at::kFloat) return ternary_linear_impl<float>(xc, ws, sp, strides, bs, ns, int(isa));
+  return ternary_linear_impl<at::BFloat16>(xc, ws, sp, strides, bs, ns, int(isa));
 }
 
 }  // namespace

@@ -100,6 +100,10 @@ class BitLinear(nn.Linear):
 
 
 _CPU_DTYPES = (torch.float32, torch.bfloat16)  # what the CPU kernels (ternary linears, quantized head) take
+# int4pack beats unpacking at every call (the torch kernel) only for bfloat16 inputs of few rows: 1 row 0.08 vs
+# 0.85 ms, 32 rows 0.56 vs 0.95, 64 rows even, 128 rows 2.3 vs 1.4 ms (1536 x 576, groups of 64, one thread); in
+# float32 it is slower from one row on (1.8 vs 0.4 ms) and 45x slower at 128 rows.
+INT4PACK_MAX_ROWS = 32
 
 
 class PackedBitLinear(nn.Module):
@@ -107,13 +111,15 @@ class PackedBitLinear(nn.Module):
 
     Buffers: ``weight`` uint8 ``(ceil(out / 4), in)``, ``weight_scale`` float32 holding ``s = mean(|W|)`` per
     tensor ``(1,)``, per row ``(out, 1)`` or per group ``(out, in / group)`` as ``scheme`` says (so ``W ~
-    scheme.dequantize(unpack(weight), weight_scale)``), optional ``bias``. The C++ kernels take one scale per tensor;
-    finer scales run on ``int4pack``, whose groups of 32 columns hold them exactly.
+    scheme.dequantize(unpack(weight), weight_scale)``), optional ``bias``.
 
     The forward runs one of the kernels of ``kernels.py``, chosen once per process (``repr`` shows it):
 
     * on CPU, without gradients, in float32 or bfloat16: the C++ ternary kernel (``vnni`` / ``avx2``: same integer
-      dot products as the reference, scaled in float32) or ``int4pack``;
+      dot products as the reference, scaled in float32 by the scale of the tensor or of the row). Scales per group
+      along the input, or a machine without the C++ kernels, take ``int4pack`` (whose groups of 32 columns hold
+      any of the scales exactly) for bfloat16 inputs of at most ``INT4PACK_MAX_ROWS`` rows, where it is the faster
+      route, and the reference forward otherwise;
     * everywhere else (CUDA, other dtypes, autograd, ``BITNET_HF_KERNEL=torch``): the reference forward, which
       performs the very operations of ``BitLinear``'s quantized forward and so reproduces it bit for bit.
 
@@ -161,7 +167,11 @@ class PackedBitLinear(nn.Module):
                                                                      and self.bias.requires_grad)))):
             return "torch"
         kernel = cpu_kernel()
-        return "int4pack" if kernel in ("vnni", "avx2") and self.scheme.scale != "tensor" else kernel
+        if kernel in ("vnni", "avx2") and self.scheme.per_output:
+            return kernel
+        if kernel != "torch" and x.dtype == torch.bfloat16 and x.numel() <= INT4PACK_MAX_ROWS * x.shape[-1]:
+            return "int4pack"
+        return "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sub_norm is not None:

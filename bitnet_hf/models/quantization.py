@@ -37,7 +37,7 @@ def quantize_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 WEIGHT_SCALES = ("tensor", "row", "group")
 WEIGHT_SCHEMES = ("absmean", "gptq")  # how conversion picks the initial ternary values (bitnet_hf.gptq)
-INT4_GROUP = 32  # columns per scale of PyTorch's int4 CPU matmul, the packed route for finer scales
+INT4_GROUP = 32  # columns per scale of PyTorch's int4 CPU matmul, the packed route for group scales
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,13 @@ class WeightScheme:
         if self.scale == "group" and in_features % self.group_size:
             raise ValueError(f"group size {self.group_size} does not divide the input width {in_features} of {name}; "
                              "choose a group size that divides every projection's input width")
+
+    @property
+    def per_output(self) -> bool:
+        """Whether every scale belongs to one output row or to all of them (per tensor, per row): the C++ kernels
+        apply such scales in their float32 epilogue; groups along the input need a kernel that scales inside the dot
+        product."""
+        return self.scale != "group"
 
     def scale_shape(self, out_features: int, in_features: int) -> tuple[int, ...]:
         """The shape of the stored float32 scale: ``(1,)``, ``(out, 1)`` or ``(out, in / group_size)``."""
