@@ -81,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                    "of --group-size input columns (Block-Quant)")
     p.add_argument("--group-size", type=int, default=0, help="columns per scale with --scale group (a multiple of 32)")
     p.add_argument("--scheme", choices=WEIGHT_SCHEMES, default="absmean",
-                   help="initial ternary values: absmean rounding (the paper's, default) or gptq (rounding with error "
-                   "compensation from --calibration-data, which it needs)")
+                   help="initial ternary values: absmean rounding (the paper's, default), gptq (rounding with error "
+                   "compensation) or awq (activation-aware channel scaling folded into the norms), both from "
+                   "--calibration-data, which they need")
     p.add_argument("--calibration-data", type=Path,
                    help="text (one sample a line), JSONL/JSON, CSV/TSV or parquet file, or a folder of them, to "
-                   "calibrate the SubLN gains (and --scheme gptq) on")
+                   "calibrate the SubLN gains (and --scheme gptq / awq) on")
     p.add_argument("--text-field", default="text",
                    help="column holding the text (default: text, which is also a plain text file's column)")
     p.add_argument("--calibration-samples", type=int, default=64, help="samples to calibrate on (default: 64)")
@@ -369,9 +370,9 @@ def _convert(args: argparse.Namespace) -> int:
     if reconstruct and (args.calibration_data is None or args.no_quantize):
         raise ValueError("--reconstruct-steps needs --calibration-data (text the blocks are reconstructed on) and "
                          "the quantizers on (no --no-quantize)")
-    if args.scheme == "gptq" and (args.calibration_data is None or args.no_quantize):
-        raise ValueError("--scheme gptq needs --calibration-data (text each layer's Hessian is computed on) and the "
-                         "quantizers on (no --no-quantize)")
+    if args.scheme != "absmean" and (args.calibration_data is None or args.no_quantize):
+        raise ValueError(f"--scheme {args.scheme} needs --calibration-data (text each layer's input statistics are "
+                         "computed on) and the quantizers on (no --no-quantize)")
     check_output_folder(check_output_dir(args.out, args.overwrite), "OUT")
     check_checkpoint(args.src, "SRC")
     from transformers import AutoConfig

@@ -25,6 +25,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from .models import BITNET_CLASS_FOR, CONFIG_CLASSES
 from .models.base import SUBLN_PLACEMENTS, BitNetConfigMixin
 from .models.layers import BitLinear, PackedBitLinear
+from .awq import awq_scale
 from .gptq import gptq_round
 from .models.quantization import WEIGHT_SCHEMES, WeightScheme
 
@@ -65,8 +66,9 @@ def convert_to_bitnet(
         weight_scale / group_size: the ternary weights' scales (``WeightScheme``): ``"tensor"`` (the paper's),
             ``"row"``, or ``"group"`` of ``group_size`` input columns (Block-Quant); recorded in the config.
         weight_scheme: how the initial ternary values are chosen: ``"absmean"`` rounding of each weight (the
-            paper's) or ``"gptq"`` rounding with error compensation from ``calibration_batches``
-            (:mod:`bitnet_hf.gptq`; rewrites the latent weights); recorded in the config.
+            paper's), ``"gptq"`` rounding with error compensation from ``calibration_batches``
+            (:mod:`bitnet_hf.gptq`; rewrites the latent weights) or ``"awq"`` activation-aware channel scaling
+            from them, folded into the norms' gains (:mod:`bitnet_hf.awq`); recorded in the config.
 
     Returns:
         The BitNet model. It shares its weight tensors with ``model`` when given an instance (no copy).
@@ -76,10 +78,11 @@ def convert_to_bitnet(
     scheme = WeightScheme(weight_scale, group_size)  # a bad layout is an error before the model loads
     if weight_scheme not in WEIGHT_SCHEMES:
         raise ValueError(f"weight scheme {weight_scheme!r} is not one of {', '.join(WEIGHT_SCHEMES)}")
-    if weight_scheme == "gptq":
+    if weight_scheme != "absmean":
         if calibration_batches is None or not quantize:
-            raise ValueError("the gptq weight scheme needs calibration_batches (text to compute each layer's "
-                             "Hessian from; --calibration-data on the command line) and quantize=True")
+            raise ValueError(f"the {weight_scheme} weight scheme needs calibration_batches (text to compute each "
+                             "layer's input statistics from; --calibration-data on the command line) and "
+                             "quantize=True")
         calibration_batches = list(calibration_batches)  # read twice: SubLN gains, then the Hessians
     if scheme.scale == "group":
         check_scheme(model.config if isinstance(model, PreTrainedModel) else AutoConfig.from_pretrained(model), scheme)
@@ -105,8 +108,8 @@ def convert_to_bitnet(
     with torch.no_grad():
         for name, gain in gains.items():
             bitnet.get_submodule(name).sub_norm.weight.copy_(gain)
-    if weight_scheme == "gptq":
-        gptq_round(bitnet, calibration_batches)
+    if weight_scheme != "absmean":
+        {"gptq": gptq_round, "awq": awq_scale}[weight_scheme](bitnet, calibration_batches)
     if getattr(model, "generation_config", None) is not None:  # classifiers have none
         bitnet.generation_config = model.generation_config
     bitnet.train(model.training)

@@ -82,7 +82,7 @@ def gptq_round(model: nn.Module, batches: list[Mapping[str, torch.Tensor]], *, d
     if tokens < needed:
         raise ValueError(f"GPTQ calibration has {tokens} real tokens; it needs at least {needed} (the widest "
                          "ternary linear's input width) for a usable Hessian: give more or longer calibration samples")
-    hessians = _hessians(model, layers, batches, tokens)
+    hessians = input_hessians(model, layers, batches, tokens)
     results = []
     for name, layer in tqdm(layers.items(), desc="GPTQ rounding", unit="linear"):
         results.append(_round_layer(name, layer, hessians[name], damp, block_size))
@@ -95,7 +95,7 @@ def gptq_round(model: nn.Module, batches: list[Mapping[str, torch.Tensor]], *, d
     return results
 
 
-def _hessians(model: nn.Module, layers: dict[str, BitLinear], batches: list[Mapping[str, torch.Tensor]],
+def input_hessians(model: nn.Module, layers: dict[str, BitLinear], batches: list[Mapping[str, torch.Tensor]],
               tokens: int) -> dict[str, torch.Tensor]:
     """``X^T X / tokens`` of each layer's input after SubLN (float32), with the quantizers off. A layer without
     SubLN that reads the very tensor the previous such layer read (q/k/v, gate/up) shares that layer's matrix."""
@@ -126,7 +126,7 @@ def _hessians(model: nn.Module, layers: dict[str, BitLinear], batches: list[Mapp
     model.eval()
     try:
         with torch.no_grad():
-            for batch in tqdm(batches, desc="GPTQ calibration", unit="batch"):
+            for batch in tqdm(batches, desc="Input statistics", unit="batch"):
                 attention_mask = batch.get("attention_mask")
                 mask[0] = None if attention_mask is None else attention_mask.bool()
                 owner[:] = [None, None]

@@ -150,8 +150,9 @@ def render_model_card(
 def _scale_text(config: dict[str, Any]) -> str:
     scale = config.get("bitnet_weight_scale", "tensor")
     text = f"group of {config.get('bitnet_group_size')} input columns" if scale == "group" else scale
-    gptq = config.get("bitnet_weight_scheme") == "gptq"
-    return text + (" (ternary values initialised by GPTQ rounding at conversion)" if gptq else "")
+    scheme = {"gptq": " (ternary values initialised by GPTQ rounding at conversion)",
+              "awq": " (input channels scaled by AWQ at conversion, folded into the norms)"}
+    return text + scheme.get(config.get("bitnet_weight_scheme", "absmean"), "")
 
 
 def upload_plan(checkpoint_dir: str | os.PathLike) -> list[Path]:

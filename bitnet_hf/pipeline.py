@@ -172,8 +172,9 @@ class PipelineArguments(DistillOptions, ReconstructionOptions):
                 "--group-size columns)", "choices": list(WEIGHT_SCALES)})
     group_size: int = field(default=0, metadata={"help": "columns per scale with --weight-scale group"})
     weight_scheme: str = field(default="absmean", metadata={
-        "help": "initial ternary values of every BitNet row: absmean rounding (the paper's) or gptq (rounding with "
-                "error compensation, calibrated on --calibration-samples task prompts)",
+        "help": "initial ternary values of every BitNet row: absmean rounding (the paper's), gptq (rounding with "
+                "error compensation) or awq (activation-aware channel scaling), both calibrated on "
+                "--calibration-samples task prompts",
         "choices": list(WEIGHT_SCHEMES)})
     bf16: bool = field(default=True, metadata={"help": "train under bf16 autocast (fp32 weights)"})
     eval_batch_size: int = field(default=32, metadata={"help": "examples per evaluation batch"})
@@ -272,12 +273,13 @@ class Pipeline:
                                         train_size=a.train_size, eval_size=a.eval_size, seed=a.seed)
         if any(ROWS[r].pretrain for r in a.rows) and {"pretrain"} & set(a.stages):
             require_columns(load_text_dataset(a.corpus), [a.corpus_field], f"the corpus {a.corpus}")
-        if a.weight_scheme == "gptq" and "convert" in a.stages and any(not ROWS[r].fp for r in a.rows):
+        if a.weight_scheme != "absmean" and "convert" in a.stages and any(not ROWS[r].fp for r in a.rows):
             tokens = count_tokens(self._calibration_batches())
             needed = max(projection_widths(AutoConfig.from_pretrained(a.base)).values())
             if tokens < needed:
-                raise ValueError(f"--weight-scheme gptq: the {a.calibration_samples} calibration prompts hold "
-                                 f"{tokens} tokens; GPTQ needs at least {needed} (the widest projection input): "
+                raise ValueError(f"--weight-scheme {a.weight_scheme}: the {a.calibration_samples} calibration "
+                                 f"prompts hold {tokens} tokens; it needs at least {needed} (the widest projection "
+                                 "input): "
                                  f"raise --calibration-samples to about {a.calibration_samples * needed // tokens + 1}")
         logger.info("task %s: %d training examples, evaluation on %d (%s)", self.task.name, len(self.splits.train),
                     len(self.splits.eval), self.splits.eval_source)
@@ -331,8 +333,8 @@ class Pipeline:
         if (path / "config.json").is_file():
             logger.info("%s exists, skipping", path)
             return
-        gptq = self.args.weight_scheme == "gptq"
-        batches = None if subln == "none" and not gptq else self._calibration_batches()
+        calibrated = self.args.weight_scheme != "absmean"
+        batches = None if subln == "none" and not calibrated else self._calibration_batches()
         model = convert_to_bitnet(self.args.base, subln=subln, calibration_batches=batches,
                                   weight_scale=self.args.weight_scale, group_size=self.args.group_size,
                                   weight_scheme=self.args.weight_scheme)

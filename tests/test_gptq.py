@@ -96,8 +96,8 @@ def test_gptq_conversion_records_the_scheme_and_packs_exactly(family, tmp_path):
 def test_gptq_refuses_missing_or_too_little_calibration():
     with pytest.raises(ValueError, match="needs calibration_batches"):
         convert_to_bitnet(tiny_model("llama"), weight_scheme="gptq")
-    with pytest.raises(ValueError, match="is not one of absmean, gptq"):
-        convert_to_bitnet(tiny_model("llama"), weight_scheme="awq")
+    with pytest.raises(ValueError, match="is not one of absmean, gptq, awq"):
+        convert_to_bitnet(tiny_model("llama"), weight_scheme="smoothquant")
     model = convert_to_bitnet(tiny_model("llama"))
     assert minimum_tokens(model) == 96  # the intermediate width, the widest input
     with pytest.raises(ValueError, match="has 40 real tokens; it needs at least 96"):

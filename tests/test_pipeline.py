@@ -346,7 +346,7 @@ def test_gptq_scheme_calibrates_on_task_prompts_and_checks_their_length_first(wo
     wide = tmp_path / "wide"  # a 4096-wide FFN: more than one prompt's tokens
     tiny_model("llama", intermediate_size=4096).save_pretrained(wide)
     tiny_chat_tokenizer().save_pretrained(wide)
-    with pytest.raises(ValueError, match=r"1 calibration prompts hold \d+ tokens; GPTQ needs at least 4096 .* "
+    with pytest.raises(ValueError, match=r"1 calibration prompts hold \d+ tokens; it needs at least 4096 .* "
                                          r"raise --calibration-samples to about \d+"):
         Pipeline(arguments(workspace, tmp_path / "few", base=str(wide), rows=["bitnet_sft"], weight_scheme="gptq",
                            calibration_samples=1)).run()

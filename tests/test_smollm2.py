@@ -259,7 +259,7 @@ def test_gptq_rounding_keeps_the_model_closer(smol):
     """The gptq weight scheme on a real model: SmolLM2 converted with per-row scales and both quantizers on, its
     held-out LM loss on CNN/DailyMail right after conversion (no training): GPTQ rounding, calibrated on 8 other
     articles, lands far closer to the full-precision 3.9 nats than absmean rounding (measured 10.6 against 16.6;
-    with 64 calibration articles: benchmarks/gptq_damage.py)."""
+    with 64 calibration articles: benchmarks/scheme_damage.py)."""
     fp, tok = smol
     cnndm = SST2.parents[1] / "cnndm"
     if not (cnndm / "train.jsonl").is_file():

@@ -59,7 +59,7 @@ class BitNetConfigMixin:
             row, Block-Quant).
         bitnet_group_size: the columns of a group (a multiple of 32) with ``bitnet_weight_scale="group"``; else 0.
         bitnet_weight_scheme: how the conversion chose the initial ternary values: ``"absmean"`` rounding (the
-            paper's) or ``"gptq"`` (``bitnet_hf.gptq``). A record only: training and packing round the latent
+            paper's), ``"gptq"`` (``bitnet_hf.gptq``) or ``"awq"`` (``bitnet_hf.awq``). A record only: training and packing round the latent
             weights by absmean either way.
     """
 

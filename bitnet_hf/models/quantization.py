@@ -36,7 +36,9 @@ def quantize_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 WEIGHT_SCALES = ("tensor", "row", "group")
-WEIGHT_SCHEMES = ("absmean", "gptq")  # how conversion picks the initial ternary values (bitnet_hf.gptq)
+# how conversion picks the initial ternary values: absmean rounding as is, or from calibration data (every other
+# scheme): GPTQ rounding (bitnet_hf.gptq), AWQ channel scaling (bitnet_hf.awq)
+WEIGHT_SCHEMES = ("absmean", "gptq", "awq")
 INT4_GROUP = 32  # columns per scale of PyTorch's int4 CPU matmul, the packed route for group scales
 
 

@@ -1,12 +1,14 @@
-"""Held-out LM loss of SmolLM2-135M-Instruct right after conversion, per weight scheme: absmean or GPTQ rounding
-(``bitnet_hf.gptq``), one scale per tensor, per row or per group of 64 input columns. No training.
+"""Held-out LM loss of SmolLM2-135M-Instruct right after conversion, per weight scheme: absmean rounding, GPTQ
+rounding (``bitnet_hf.gptq``) or AWQ channel scaling (``bitnet_hf.awq``), one scale per tensor, per row or per
+group of 64 input columns. No training.
 
 Each row converts the model with ``convert_to_bitnet`` (SubLN ``paper``, gains calibrated on the calibration text;
 both quantizers on: the deployed BitNet forward) and scores it on the first articles of
 ``../shared/data/cnndm/validation.jsonl``, 256 tokens each. Calibration: the first CNN/DailyMail *training* articles
-(--calibration, 256 tokens each), for the SubLN gains and GPTQ's Hessians alike.
+(--calibration, 256 tokens each), for the SubLN gains and GPTQ's and AWQ's statistics alike.
 
-    python benchmarks/gptq_damage.py [--articles 8] [--calibration 64] [--output results.jsonl]
+    python benchmarks/scheme_damage.py [--schemes absmean,gptq,awq] [--articles 8] [--calibration 64]
+        [--output results.jsonl]
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from bitnet_hf import convert_to_bitnet
 from bitnet_hf.offline import smollm2
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cnndm"
-ROWS = [("absmean", "tensor", 0), ("gptq", "tensor", 0), ("absmean", "row", 0), ("gptq", "row", 0),
-        ("absmean", "group", 64), ("gptq", "group", 64)]
+ROWS = [(scheme, scale, group) for scale, group in (("tensor", 0), ("row", 0), ("group", 64))
+        for scheme in ("absmean", "gptq", "awq")]
 
 
 def articles(path: Path, count: int, tokenizer) -> torch.Tensor:  # noqa: ANN001
@@ -35,6 +37,7 @@ def articles(path: Path, count: int, tokenizer) -> torch.Tensor:  # noqa: ANN001
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--schemes", default="absmean,gptq,awq", help="comma-separated weight schemes to convert with")
     parser.add_argument("--articles", type=int, default=8)
     parser.add_argument("--calibration", type=int, default=64)
     parser.add_argument("--output", type=Path)
@@ -49,7 +52,7 @@ def main() -> None:
         fp_loss = fp(held_out, labels=held_out).loss.item()
     print(f"full precision: {fp_loss:.3f}\n\n| scheme | scale | held-out LM loss (nats/token) | conversion s |\n"
           "|---|---|---:|---:|", flush=True)
-    for scheme, scale, group in ROWS:
+    for scheme, scale, group in [row for row in ROWS if row[0] in args.schemes.split(",")]:
         start = time.perf_counter()
         model = convert_to_bitnet(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
                                   calibration_batches=batches, weight_scale=scale, group_size=group,
