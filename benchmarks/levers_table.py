@@ -1,5 +1,6 @@
 """The SST-2 lever probes as one Markdown table: ``benchmarks/results/sst2-levers.jsonl`` (what
-``benchmarks/sst2_probe.py --record`` appends) -> ``benchmarks/results/sst2-levers.md``.
+``benchmarks/sst2_probe.py --record`` appends, plus an optional ``student_note`` describing a ``--student``
+checkpoint) -> ``benchmarks/results/sst2-levers.md``.
 
     python benchmarks/levers_table.py [--record FILE] [--output FILE]
 """
@@ -16,7 +17,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def row(record: dict) -> str:
     a, accuracy = record["args"], record["metrics"]["accuracy"]
     converted = f"converted{' from the FP16-SFT teacher' if a.get('base') else ''}, SubLN {a.get('subln', 'paper')}"
-    start = "FP model" if a.get("fp") else (a.get("student") and _student(a["student"])) or converted
+    start = "FP model" if a.get("fp") else record.get("student_note") or (
+        a.get("student") and _student(a["student"])) or converted
     warmup = a.get("warmup") or 0
     warmup = f"{warmup:g} steps" if warmup >= 1 else (f"{warmup:.2f} of the steps" if warmup else "-")
     lam = a.get("lam") or 0
