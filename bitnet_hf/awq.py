@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .gptq import count_tokens, input_hessians, minimum_tokens
+from .gptq import calibrated_layers, input_hessians
 from .models.layers import BitLinear
 from .warmup import set_quantization_strength
 
@@ -65,14 +65,7 @@ def awq_scale(model: nn.Module, batches: list[Mapping[str, torch.Tensor]], *,
             real tokens in all.
         alphas: the exponents searched (the first of the smallest error wins).
     """
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, BitLinear)}
-    if not layers or not all(m.quantize for m in layers.values()):
-        raise ValueError("awq_scale needs a BitNet training model with its quantizers on (convert_to_bitnet(..., "
-                         "quantize=True))")
-    tokens, needed = count_tokens(batches), minimum_tokens(model)
-    if tokens < needed:
-        raise ValueError(f"AWQ calibration has {tokens} real tokens; it needs at least {needed} (the widest ternary "
-                         "linear's input width) for its error estimate: give more or longer calibration samples")
+    layers, tokens = calibrated_layers(model, batches, "awq_scale", "AWQ", "its error estimate")
     groups, unscaled = _feeding_norms(model, layers, batches[0])
     if unscaled:
         logger.info("AWQ: %d linears have neither their own SubLN nor a norm in front and keep their scale of 1: %s",

@@ -74,14 +74,7 @@ def gptq_round(model: nn.Module, batches: list[Mapping[str, torch.Tensor]], *, d
         damp: added to the Hessian's diagonal, as a fraction of its mean (GPTQ's ``percdamp``).
         block_size: columns rounded per block (speed only: the result does not depend on it up to float rounding).
     """
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, BitLinear)}
-    if not layers or not all(m.quantize for m in layers.values()):
-        raise ValueError("gptq_round needs a BitNet training model with its quantizers on (convert_to_bitnet(..., "
-                         "quantize=True))")
-    tokens, needed = count_tokens(batches), minimum_tokens(model)
-    if tokens < needed:
-        raise ValueError(f"GPTQ calibration has {tokens} real tokens; it needs at least {needed} (the widest "
-                         "ternary linear's input width) for a usable Hessian: give more or longer calibration samples")
+    layers, tokens = calibrated_layers(model, batches, "gptq_round", "GPTQ", "a usable Hessian")
     hessians = input_hessians(model, layers, batches, tokens)
     results = []
     for name, layer in tqdm(layers.items(), desc="GPTQ rounding", unit="linear"):
@@ -93,6 +86,21 @@ def gptq_round(model: nn.Module, batches: list[Mapping[str, torch.Tensor]], *, d
         logger.warning("GPTQ rounding left %d of %d linears with a larger output error than absmean rounding: %s",
                        len(worse), len(results), ", ".join(worse[:5]))
     return results
+
+
+def calibrated_layers(model: nn.Module, batches: list[Mapping[str, torch.Tensor]], caller: str, scheme: str,
+                      purpose: str) -> tuple[dict[str, BitLinear], int]:
+    """The model's ``BitLinear`` layers by name and the calibration's real tokens, after the checks GPTQ and AWQ
+    share: quantizers on, at least :func:`minimum_tokens` tokens (``purpose``: what they are needed for)."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, BitLinear)}
+    if not layers or not all(m.quantize for m in layers.values()):
+        raise ValueError(f"{caller} needs a BitNet training model with its quantizers on (convert_to_bitnet(..., "
+                         "quantize=True))")
+    tokens, needed = count_tokens(batches), minimum_tokens(model)
+    if tokens < needed:
+        raise ValueError(f"{scheme} calibration has {tokens} real tokens; it needs at least {needed} (the widest "
+                         f"ternary linear's input width) for {purpose}: give more or longer calibration samples")
+    return layers, tokens
 
 
 def input_hessians(model: nn.Module, layers: dict[str, BitLinear], batches: list[Mapping[str, torch.Tensor]],
