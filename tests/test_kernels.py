@@ -3,8 +3,9 @@
 Claims and tolerances:
 
 * ``vnni`` / ``avx2`` compute the same integer dot products ``xq . wq`` as the reference quantization, then
-  ``float(dot) * ((absmax / 127) * s) (+ bias)`` (``s`` per tensor or per output row) in float32 rounded once to the input dtype: equal bit for bit to
-  that expression computed here from the integer quantities, for every shape, dtype and batch.
+  ``float(dot) * ((absmax / 127) * s) (+ bias)`` (``s`` per tensor or per output row) in float32 rounded once to
+  the input dtype, or with scales per group ``sum_g float(dot_g) * ((absmax / 127) * s_g)`` in group order: equal
+  bit for bit to that expression computed here from the integer quantities, for every shape, dtype and batch.
 * ``int4pack`` and the C++ kernels against the ``torch`` kernel (float matmul of the dequantized values): float
   rounding only, bounded here by 1e-5 (float32) / 2e-2 (bfloat16) of the output's largest magnitude.
 """
@@ -42,11 +43,12 @@ def fresh_choice(monkeypatch):
 
 
 def random_layer(in_features: int, out_features: int, bias: bool, dtype: torch.dtype, seed: int = 0,
-                 scale: str = "tensor") -> tuple[PackedBitLinear, torch.Tensor]:
-    """A packed layer of random ternary weights and scales, one per tensor or (``scale="row"``) per output row."""
+                 scale: str = "tensor", group_size: int = 0) -> tuple[PackedBitLinear, torch.Tensor]:
+    """A packed layer of random ternary weights and scales, one per tensor, per output row (``scale="row"``) or per
+    group of ``group_size`` input columns of a row (``scale="group"``)."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randint(-1, 2, (out_features, in_features), generator=g, dtype=torch.int8)
-    layer = PackedBitLinear(in_features, out_features, bias, dtype=dtype, scheme=WeightScheme(scale))
+    layer = PackedBitLinear(in_features, out_features, bias, dtype=dtype, scheme=WeightScheme(scale, group_size))
     with torch.no_grad():
         layer.weight.copy_(pack_ternary(q))
         layer.weight_scale.copy_(0.01 + torch.rand(layer.weight_scale.shape, generator=g) / 10)
@@ -66,8 +68,16 @@ def packed_checkpoint(tmp_path, family: str = "qwen3"):  # noqa: ANN001 - pytest
 
 def integer_reference(layer: PackedBitLinear, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     xq, absmax = quantize_activations(x)
-    dot = xq.double() @ q.double().T  # exact: integers far below 2**53
-    y = dot.float() * ((absmax / 127.0) * layer.weight_scale.float().reshape(-1))  # one scale, or one per row
+    scale = layer.weight_scale.float()
+    if layer.scheme.scale == "group":  # one float32 term per group, summed in group order
+        size = layer.scheme.group_size
+        y = torch.zeros(*x.shape[:-1], layer.out_features)
+        for g in range(scale.shape[1]):
+            dot = xq[..., g * size:(g + 1) * size].double() @ q[:, g * size:(g + 1) * size].double().T
+            y = y + dot.float() * ((absmax / 127.0) * scale[:, g])
+    else:
+        dot = xq.double() @ q.double().T  # exact: integers far below 2**53
+        y = dot.float() * ((absmax / 127.0) * scale.reshape(-1))  # one scale, or one per row
     if layer.bias is not None:
         y = y + layer.bias.float()
     return y.to(x.dtype)
@@ -80,6 +90,11 @@ SHAPES = [  # (leading shape of x, in_features, out_features): widths not multip
     ((1,), 100, 13), ((1, 1), 1024, 3072), ((3, 7), 129, 37), ((2, 5), 64, 16), ((9,), 1000, 6), ((4, 2), 31, 5),
     ((100,), 200, 70), ((2, 75), 200, 70), ((3, 100), 4100, 1030),
 ]
+# (leading shape, in_features, out_features, group size) for scales per group: groups of 32 (half a VNNI load, the
+# next group's activations masked off; the last one reads past its row), 64 and 128, 1 to 300 rows (all on the
+# matrix-vector loops)
+GROUP_SHAPES = [((1,), 96, 13, 32), ((3, 7), 256, 37, 64), ((1, 1), 1024, 3072, 128), ((100,), 192, 70, 64),
+                ((2, 150), 160, 6, 32)]
 
 
 @pytest.mark.parametrize("name", C_KERNELS)
@@ -96,6 +111,33 @@ def test_c_kernels_equal_the_integer_reference(name, dtype, lead, k, n, scale):
         y = layer(x)
     assert y.dtype == dtype and y.shape == (*lead, n)
     assert torch.equal(y, integer_reference(layer, q, x))
+
+
+@pytest.mark.parametrize("name", C_KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("lead", "k", "n", "size"), GROUP_SHAPES)
+def test_c_kernels_with_group_scales_equal_the_integer_reference(name, dtype, lead, k, n, size):
+    c_kernel_or_skip(name)
+    layer, q = random_layer(k, n, bias=n % 2 == 1, dtype=dtype, scale="group", group_size=size)
+    x = (torch.randn(*lead, k, generator=torch.Generator().manual_seed(1)) * 3).to(dtype)
+    x.view(-1, k)[0, -1] = 40
+    with torch.no_grad():  # called directly: the layer routes many rows of group scales elsewhere
+        y = kernels.ternary_linear(x, [layer], name)[0]
+    assert y.dtype == dtype and y.shape == (*lead, n)
+    assert torch.equal(y, integer_reference(layer, q, x))
+    with torch.no_grad(), kernel("torch"):
+        expected = layer(x)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert (y.float() - expected.float()).abs().max() <= tolerance * expected.float().abs().max()
+
+
+@pytest.mark.parametrize("name", C_KERNELS)
+def test_group_scales_that_do_not_fit_are_refused(name):
+    c_kernel_or_skip(name)
+    layer, _ = random_layer(96, 8, bias=False, dtype=torch.float32)
+    layer.weight_scale = torch.ones(8, 5)  # 96 columns do not split into 5 groups
+    with pytest.raises(RuntimeError, match="one per group of a multiple of 32 input columns"):
+        kernels.ternary_linear(torch.randn(1, 96), [layer], name)
 
 
 @pytest.mark.parametrize("name", C_KERNELS)
@@ -202,6 +244,22 @@ def test_compiled_packed_model_keeps_the_kernel(name):
         groups = {id(m.fused): len(m.fused.members) for m in linears if m.fused is not None}
         assert groups and len(calls) == len(linears) - sum(n - 1 for n in groups.values())  # q/k/v, gate/up fused
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", C_KERNELS)
+def test_group_scales_route_by_rows(name):
+    """Scales per group: the C++ kernel for float32 inputs below 128 rows and 1-2 bf16 rows, int4pack for a few more
+    bf16 rows, the torch kernel beyond (``GROUPED_C_MAX_ROWS``, ``INT4PACK_MAX_ROWS``); per row: the C++ kernel."""
+    c_kernel_or_skip(name)
+    grouped, _ = random_layer(64, 8, bias=False, dtype=torch.float32, scale="group", group_size=32)
+    per_row, _ = random_layer(64, 8, bias=False, dtype=torch.float32, scale="row")
+    routes = {(torch.float32, 1): name, (torch.float32, 127): name, (torch.float32, 128): "torch",
+              (torch.bfloat16, 1): name, (torch.bfloat16, 2): name, (torch.bfloat16, 3): "int4pack",
+              (torch.bfloat16, INT4PACK_MAX_ROWS): "int4pack", (torch.bfloat16, INT4PACK_MAX_ROWS + 1): "torch"}
+    with kernel(name), torch.no_grad():
+        for (dtype, rows), route in routes.items():
+            x = torch.zeros(rows, 64, dtype=dtype)
+            assert (grouped.kernel_for(x), per_row.kernel_for(x)) == (route, name), (dtype, rows)
 
 
 def test_non_cpu_and_autograd_take_the_torch_kernel():

@@ -18,14 +18,15 @@ Kernels (``BITNET_HF_KERNEL`` forces one; ``auto``, the default, takes the first
   of a few rows: ``PackedBitLinear`` gives it those alone (``INT4PACK_MAX_ROWS``) and the rest to ``torch``.
 * ``torch``: unpack and ``F.linear`` at every call (``PackedBitLinear``'s reference forward; any device).
 
-Exactness. ``vnni`` and ``avx2`` quantize the activations exactly as :func:`quantize_activations` does (same
-float32 operations, round half to even) and compute the same integer dot products ``xq . wq`` as the reference,
-on either route; they then scale in float32: ``y = float(dot) * ((absmax / 127) * weight_scale) (+ bias)``, with
-one ``weight_scale`` per tensor or per output row (scales per group along the input are not theirs to take),
-rounded once to the input dtype. So they equal that expression of the integer reference bit for bit; against the
-``torch`` path (which rounds ``xq * absmax / 127`` and ``wq * s`` to the input dtype before a float matmul) they
-differ by float rounding only. ``int4pack`` multiplies the same dequantized values as the ``torch`` path, in another
-summation order.
+Exactness. ``vnni`` and ``avx2`` quantize the activations exactly as :func:`quantize_activations` does (same float32
+operations, round half to even) and compute the same integer dot products ``xq . wq`` as the reference, on either
+route; they then scale in float32: ``y = float(dot) * ((absmax / 127) * weight_scale) (+ bias)``, with one
+``weight_scale`` per tensor or per output row, rounded once to the input dtype. Scales per group of input columns
+(``--scale group``) are applied per group inside the dot product, ``y = sum_g float(dot_g) * ((absmax / 127) *
+scale_g)`` in float32, on the matrix-vector loops only, for any number of rows. So they equal that expression of the
+integer reference bit for bit; against the ``torch`` path (which rounds ``xq * absmax / 127`` and ``wq * s`` to the
+input dtype before a float matmul) they differ by float rounding only. ``int4pack`` multiplies the same dequantized
+values as the ``torch`` path, in another summation order.
 
 The C++ source below is compiled with ``torch.utils.cpp_extension.load_inline`` into
 ``$BITNET_HF_CACHE/kernels`` (default ``~/.cache/bitnet_hf/kernels``), once per source version; later processes
@@ -258,17 +259,20 @@ void unpack_field(const uint8_t* src, int64_t K, int shift, int8_t* dst) {
 
 // y[m, n] = float(sum_k xq[m, k] * wq[n, k]) * ((absmax[m] / 127) * scale[n]) (+ bias[n]), for each weight of
 // `weights` (uint8, transformers' packed layout) read with the same activations; `scales[i]` points at one float
-// per tensor (scale_strides[i] == 0) or one per output row (1). One parallel loop over all packed rows of all
-// weights.
+// per tensor (scale_strides[i] == 0) or one per output row (1). With `groups` > 1 (every weight of the call alike)
+// row n has one scale per group of K / groups input columns, scale[n * groups + g] (scale_strides[i] == groups):
+// y[m, n] = sum_g float(sum_{k in g} xq[m, k] * wq[n, k]) * ((absmax[m] / 127) * scale[n, g]) (+ bias[n]), summed
+// in group order, on the matrix-vector route only. One parallel loop over all packed rows of all weights.
 template <typename T>
 std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vector<at::Tensor>& weights,
                                            const std::vector<const float*>& scales,
                                            const std::vector<int64_t>& scale_strides,
                                            const std::vector<std::optional<at::Tensor>>& biases,
-                                           const std::vector<int64_t>& out_features, int isa) {
+                                           const std::vector<int64_t>& out_features, int64_t groups, int isa) {
   const int64_t M = x.size(0), K = x.size(1);
   const int64_t Kp = (K + 63) / 64 * 64;
-  const at::Tensor xq_rows = at::empty({M, Kp}, x.options().dtype(at::kChar));
+  // One spare row: a group's last 64-byte activation load may run past its token's row (its weights are masked).
+  const at::Tensor xq_rows = at::empty({M + 1, Kp}, x.options().dtype(at::kChar)).narrow(0, 0, M);
   int8_t* const xq = xq_rows.data_ptr<int8_t>();
   std::vector<float> absmax(M);
   std::vector<int32_t> xsum(M);
@@ -276,6 +280,14 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
     quantize_rows(x.data_ptr<T>() + begin * K, end - begin, K, Kp, xq + begin * Kp, absmax.data() + begin,
                   xsum.data() + begin);
   });
+  const int64_t G = K / groups;  // input columns a scale
+  std::vector<int32_t> gsum(groups > 1 ? M * groups : 0);  // sum of xq over each group of each row
+  for (int64_t m = 0; m < static_cast<int64_t>(gsum.size()) / groups; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t s = 0;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) s += xq[m * Kp + k];
+      gsum[m * groups + g] = s;
+    }
 
   const size_t n = weights.size();
   std::vector<at::Tensor> outs;
@@ -284,7 +296,7 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
     outs.push_back(at::empty({M, out_features[i]}, x.options()));
     first_row[i + 1] = first_row[i] + weights[i].size(0);
   }
-  if (M >= kIntMmRows) {
+  if (M >= kIntMmRows && groups == 1) {
     // Many rows (prefill, batches): oneDNN's int8 GEMM (at::_int_mm) on the weight unpacked to int8, a chunk of
     // packed rows [r0, r1) at a time: the same integer dot products, so the same outputs bit for bit. The chunk's
     // output rows are its 2-bit fields' segments [j R + r0, j R + r1) (those < N), unpacked one after the other.
@@ -364,6 +376,25 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
         T* y = outs[i].data_ptr<T>();
         for (int64_t m0 = mb; m0 < me; m0 += tokens) {
           const int64_t nt = std::min<int64_t>(tokens, me - m0);
+          if (groups > 1) {
+            float acc[16] = {0.f};
+            for (int64_t g = 0; g < groups; ++g) {
+              ternary_dots(isa, nt, w + g * G, G, xq + m0 * Kp + g * G, Kp, dots);
+              for (int64_t t = 0; t < nt; ++t) {
+                const float step = absmax[m0 + t] / 127.f;
+                for (int64_t j = 0; j < 4 && j * R + r < N; ++j)
+                  acc[t * 4 + j] += static_cast<float>(dots[t * 4 + j] - gsum[(m0 + t) * groups + g])
+                                    * (step * scale[(j * R + r) * scale_stride + g]);
+              }
+            }
+            for (int64_t t = 0; t < nt; ++t)
+              for (int64_t j = 0; j < 4 && j * R + r < N; ++j) {
+                float v = acc[t * 4 + j];
+                if (bias) v = v + static_cast<float>(bias[j * R + r]);
+                store(y + (m0 + t) * N + j * R + r, v);
+              }
+            continue;
+          }
           ternary_dots(isa, nt, w, K, xq + m0 * Kp, Kp, dots);
           for (int64_t t = 0; t < nt; ++t) {
             const int64_t m = m0 + t;
@@ -401,18 +432,26 @@ std::vector<at::Tensor> ternary_linear(const at::Tensor& x, at::TensorList weigh
   std::vector<int64_t> strides;
   std::vector<std::optional<at::Tensor>> bs;
   std::vector<int64_t> ns(out_features.begin(), out_features.end());
+  int64_t groups = 1;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& w = weights[i];
     TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) == x.size(1) && w.device().is_cpu(),
                 "bitnet_hf::ternary_linear: weight ", i, " must be a uint8 CPU tensor (ceil(out / 4), in)");
     TORCH_CHECK(w.size(0) == (ns[i] + 3) / 4, "bitnet_hf::ternary_linear: weight ", i, " has ", w.size(0),
                 " packed rows for ", ns[i], " outputs");
-    TORCH_CHECK((scales[i].numel() == 1 || scales[i].numel() == ns[i]) && scales[i].device().is_cpu(),
-                "bitnet_hf::ternary_linear: scale ", i, " must hold one number or one per output row on the CPU");
+    const int64_t count = scales[i].numel();
+    const bool grouped = count > ns[i] && count % ns[i] == 0 && x.size(1) % (count / ns[i]) == 0
+                         && x.size(1) / (count / ns[i]) % 32 == 0;
+    TORCH_CHECK(scales[i].device().is_cpu() && (count == 1 || count == ns[i] || grouped),
+                "bitnet_hf::ternary_linear: scale ", i, " must hold one number, one per output row or one per group "
+                "of a multiple of 32 input columns of each row on the CPU; it holds ", count);
+    const int64_t g = count == 1 ? 1 : count / ns[i];
+    TORCH_CHECK(i == 0 || g == groups, "bitnet_hf::ternary_linear: weights of one call must share their scale groups");
+    groups = g;
     ws.push_back(w.contiguous());
     ss.push_back(scales[i].to(at::kFloat).contiguous());
     sp.push_back(ss.back().data_ptr<float>());
-    strides.push_back(scales[i].numel() == 1 ? 0 : 1);
+    strides.push_back(count == 1 ? 0 : groups);
     std::optional<at::Tensor> b = biases.get(i);
     if (b.has_value()) {
       TORCH_CHECK(b->numel() == ns[i] && b->device().is_cpu(), "bitnet_hf::ternary_linear: bias ", i, " has ",
@@ -421,8 +460,8 @@ std::vector<at::Tensor> ternary_linear(const at::Tensor& x, at::TensorList weigh
     }
     bs.push_back(b);
   }
-  if (x.scalar_type() == at::kFloat) return ternary_linear_impl<float>(xc, ws, sp, strides, bs, ns, int(isa));
-  return ternary_linear_impl<at::BFloat16>(xc, ws, sp, strides, bs, ns, int(isa));
+  if (x.scalar_type() == at::kFloat) return ternary_linear_impl<float>(xc, ws, sp, strides, bs, ns, groups, int(isa));
+  return ternary_linear_impl<at::BFloat16>(xc, ws, sp, strides, bs, ns, groups, int(isa));
 }
 
 }  // namespace

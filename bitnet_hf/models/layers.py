@@ -104,6 +104,10 @@ _CPU_DTYPES = (torch.float32, torch.bfloat16)  # what the CPU kernels (ternary l
 # 0.85 ms, 32 rows 0.56 vs 0.95, 64 rows even, 128 rows 2.3 vs 1.4 ms (1536 x 576, groups of 64, one thread); in
 # float32 it is slower from one row on (1.8 vs 0.4 ms) and 45x slower at 128 rows.
 INT4PACK_MAX_ROWS = 32
+# Scales per group of input columns: the C++ kernels scale inside their matrix-vector loops, which beat unpacking at
+# every call in float32 below 128 rows (1 row 0.06 vs 2.3 ms, 32 rows 0.8 vs 6.1) and int4pack in bfloat16 for 1-2
+# rows only (1 row 0.043 vs 0.083 ms, 4 rows 0.13 vs 0.10); 1536 x 576, groups of 64, vnni, one thread.
+GROUPED_C_MAX_ROWS = {torch.float32: 127, torch.bfloat16: 2}
 
 
 class PackedBitLinear(nn.Module):
@@ -167,7 +171,8 @@ class PackedBitLinear(nn.Module):
                                                                      and self.bias.requires_grad)))):
             return "torch"
         kernel = cpu_kernel()
-        if kernel in ("vnni", "avx2") and self.scheme.per_output:
+        if kernel in ("vnni", "avx2") and (self.scheme.per_output
+                                           or x.numel() <= GROUPED_C_MAX_ROWS[x.dtype] * x.shape[-1]):
             return kernel
         if kernel != "torch" and x.dtype == torch.bfloat16 and x.numel() <= INT4PACK_MAX_ROWS * x.shape[-1]:
             return "int4pack"

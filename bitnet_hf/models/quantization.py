@@ -78,8 +78,8 @@ class WeightScheme:
     @property
     def per_output(self) -> bool:
         """Whether every scale belongs to one output row or to all of them (per tensor, per row): the C++ kernels
-        apply such scales in their float32 epilogue; groups along the input need a kernel that scales inside the dot
-        product."""
+        apply such scales in their float32 epilogue at any number of rows; groups along the input they scale inside
+        the dot product, on their matrix-vector loops only (``PackedBitLinear.kernel_for`` routes by rows)."""
         return self.scale != "group"
 
     def scale_shape(self, out_features: int, in_features: int) -> tuple[int, ...]:
