@@ -25,6 +25,8 @@ def row(record: dict) -> str:
         a.get("student") and _student(a["student"])) or converted
     warmup = a.get("warmup") or 0
     warmup = f"{warmup:g} steps" if warmup >= 1 else (f"{warmup:.2f} of the steps" if warmup else "-")
+    if a.get("warmup") and a.get("warmup_shape", "linear") != "linear":
+        warmup += f", {a['warmup_shape']}"
     lam = a.get("lam") or 0
     logits = f"{lam:g}, {'all tokens' if a.get('kd_tokens') == 'all' else 'answer'}" if lam else "-"
     if lam and a.get("temperature", 5.0) != 5.0:

@@ -50,6 +50,7 @@ def main() -> None:
     p.add_argument("--scheduler", default="cosine", help="lr_scheduler_type")
     p.add_argument("--decay-steps", type=int, help="num_decay_steps of --scheduler warmup_stable_decay")
     p.add_argument("--warmup", type=float, default=0, help="quantization_warmup_steps")
+    p.add_argument("--warmup-shape", default="linear", help="quantization_warmup_shape")
     p.add_argument("--lam", type=float, default=0.0, help="logits_distill_weight")
     p.add_argument("--gamma", type=float, default=0.0, help="attention_distill_weight")
     p.add_argument("--kind", default="scaled_dot", help="relation_kind")
@@ -76,7 +77,8 @@ def main() -> None:
         lr_scheduler_kwargs={"num_decay_steps": a.decay_steps} if a.decay_steps else {}, logging_steps=10, save_strategy="no",
         bf16=True, use_cpu=True, seed=a.seed, report_to="none", logits_distill_weight=a.lam, distill_temperature=a.temperature,
         attention_distill_weight=a.gamma, hidden_distill_weight=a.hidden, relation_kind=a.kind, logits_distill_tokens=a.kd_tokens,
-        quantization_warmup_steps=a.warmup, full_precision_lr_ratio=a.fp_lr_ratio, loss_tokens="completion", max_length=256)
+        quantization_warmup_steps=a.warmup, quantization_warmup_shape=a.warmup_shape,
+        full_precision_lr_ratio=a.fp_lr_ratio, loss_tokens="completion", max_length=256)
     start = time.perf_counter()
     if a.fp or a.student:
         model = load_for_training(a.student or base, config)

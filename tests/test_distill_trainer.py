@@ -76,6 +76,7 @@ def test_config_defaults_presets_and_parsing(tmp_path):
     (dict(logits_distill_tokens="prompt"), "logits_distill_tokens='prompt'"),
     (dict(max_steps=0), "max_steps=0 trains nothing"),
     (dict(quantization_warmup_steps=-1), "quantization_warmup_steps=-1 must be a finite number >= 0"),
+    (dict(quantization_warmup_shape="cosine"), "quantization_warmup_shape='cosine' is not one of"),
     (dict(full_precision_lr_ratio=float("inf")), "full_precision_lr_ratio=inf must be a finite number >= 0"),
 ])
 def test_config_rejects_bad_values(tmp_path, bad, message):
@@ -205,6 +206,14 @@ def test_quantization_warmup_follows_the_step(tmp_path):
     assert seen == [{0.0}, {0.25}, {0.5}, {0.75}, {1.0}, {1.0}]
     assert {m.quantization_strength for m in student.modules() if isinstance(m, BitLinear)} == {1.0}
     refuses_a_full_precision_model(tmp_path, quantization_warmup_steps=2)
+    # the cubic shape, 1 - (1 - t)^3: 0, 0.578125, 0.875, 0.984375, then on
+    seen.clear()
+    student = convert_to_bitnet(tiny_model("llama"))
+    BitDistillTrainer(model=student, args=config(tmp_path, max_steps=6, quantization_warmup_steps=4,
+                                                 quantization_warmup_shape="cubic", logits_distill_weight=0.0,
+                                                 attention_distill_weight=0.0),
+                      train_dataset=token_dataset(n=24), callbacks=[Probe()]).train()
+    assert seen == [{0.0}, {0.578125}, {0.875}, {0.984375}, {1.0}, {1.0}]
 
 
 def test_full_precision_parameters_train_at_their_own_learning_rate(tmp_path):

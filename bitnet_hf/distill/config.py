@@ -9,6 +9,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from ..warmup import WARMUP_SHAPES
 from .losses import RELATION_KINDS
 
 # The paper's weights (lambda for logits KD, gamma for attention-relation KD) per kind of task.
@@ -47,6 +48,8 @@ class DistillOptions:
         quantization_warmup_steps: optimizer steps over which the BitNet quantizers are blended in, from full
             precision to ternary (``bitnet_hf.warmup``), or a fraction of the stage's steps when below 1 (like
             ``warmup_steps``); 0 (default): ternary from the first step.
+        quantization_warmup_shape: how the strength rises over the warm-up: ``"linear"`` (default) or
+            ``"cubic"`` (``1 - (1 - t)^3``, gradual pruning's schedule).
         full_precision_lr_ratio: the learning rate of the parameters that stay full precision (embeddings, the
             head, norms, SubLN gains) as a fraction of ``learning_rate``, which the ternary layers' latent weights
             train at. 1 (default): one learning rate for all.
@@ -75,6 +78,9 @@ class DistillOptions:
     quantization_warmup_steps: float = field(default=0, metadata={
         "help": "steps over which the quantizers are blended in from full precision, or a fraction of the stage's "
         "steps when < 1 (0: ternary from the start)"})
+    quantization_warmup_shape: str = field(default="linear", metadata={
+        "help": "how the quantization strength rises over the warm-up: linear, or cubic (1 - (1 - t)^3)",
+        "choices": list(WARMUP_SHAPES)})
     full_precision_lr_ratio: float = field(default=1.0, metadata={
         "help": "learning rate of the full-precision parameters (embeddings, head, norms) as a fraction of "
         "learning_rate, which the ternary layers train at (1: one learning rate)"})
@@ -101,6 +107,9 @@ class DistillOptions:
         self.qkv_weights = [float(w) for w in self.qkv_weights]
         if len(self.qkv_weights) != 3 or min(self.qkv_weights) < 0:
             raise ValueError(f"qkv_weights={self.qkv_weights} must be three weights >= 0 (Q, K, V)")
+        if self.quantization_warmup_shape not in WARMUP_SHAPES:
+            raise ValueError(f"quantization_warmup_shape={self.quantization_warmup_shape!r} is not one of "
+                             f"{WARMUP_SHAPES}")
         if self.logits_distill_tokens not in LOGITS_DISTILL_TOKENS:
             raise ValueError(f"logits_distill_tokens={self.logits_distill_tokens!r} is not one of "
                              f"{LOGITS_DISTILL_TOKENS}")

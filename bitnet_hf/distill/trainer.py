@@ -107,7 +107,7 @@ class BitDistillTrainer(Trainer):
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
 
         if args.quantization_warmup_steps > 0:
-            self.add_callback(QuantizationWarmup(args.quantization_warmup_steps))
+            self.add_callback(QuantizationWarmup(args.quantization_warmup_steps, args.quantization_warmup_shape))
         self.teacher = None
         self._captures: tuple[QKVCapture, QKVCapture] | None = None
         if teacher_model is not None:
