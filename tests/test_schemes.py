@@ -133,3 +133,16 @@ def test_convert_command_records_the_scheme(tmp_path):
     assert main(["pack", str(tmp_path / "out"), str(tmp_path / "packed")]) == 0
     layer = AutoModelForCausalLM.from_pretrained(tmp_path / "packed").model.layers[1].self_attn.o_proj
     assert layer.weight_scale.shape == (64, 2)
+
+
+@pytest.mark.parametrize("saved, claimed", [("row", ("tensor", 0)), ("tensor", ("group", 32))])
+def test_packed_scales_that_do_not_match_the_scheme_are_an_error(saved, claimed, tmp_path):
+    """A packed checkpoint whose config.json claims another scheme than its stored scales: an error naming the
+    mismatch, never scales re-initialised to one."""
+    model = pack_bitnet(convert_to_bitnet(tiny_model("llama"), weight_scale=saved).eval())
+    path = save_checkpoint(model, tmp_path / "packed")
+    config = json.loads((path / "config.json").read_text())
+    config["bitnet_weight_scale"], config["bitnet_group_size"] = claimed
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"weights do not match config.json \(tensors of another shape"):
+        AutoModelForCausalLM.from_pretrained(path)
