@@ -48,6 +48,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--levers", type=Path, default=RESULTS / "sst2-levers.jsonl")
     p.add_argument("--damage", type=Path, default=RESULTS / "scheme-damage-smollm2.jsonl")
+    p.add_argument("--identity", type=Path, default=RESULTS / "awq-identity-sst2.jsonl",
+                   help="benchmarks/awq_identity.py's records")
     p.add_argument("--output", type=Path, default=RESULTS / "sst2-schemes.md")
     a = p.parse_args()
     accuracy: dict[tuple, dict[str, tuple[float, str]]] = {}
@@ -63,6 +65,15 @@ def main() -> None:
         record = json.loads(line)
         losses[(record["scheme"], record["scale"], record["group_size"])] = record["loss"]
         fp_loss = record["fp_loss"]
+    # AWQ conversions that leave the model bit for bit the absmean one (its search kept alpha 0 for every norm)
+    # train exactly as the default does: their rows are the default's, by construction.
+    identical = set()
+    if a.identity.exists():
+        records = [json.loads(line) for line in a.identity.read_text().splitlines()]
+        identical = {r["subln"] for r in records if r["differing"] == 0}
+    if {"paper", "none"} <= identical and ("awq", "tensor", 0) not in accuracy and ("absmean", "tensor", 0) in accuracy:
+        accuracy[("awq", "tensor", 0)] = {k: (v[0], f"{v[1]}`, identical model: `awq_identity.py")
+                                          for k, v in accuracy[("absmean", "tensor", 0)].items()}
     lines = [
         "# Weight schemes on SST-2 (the paper's B / G / A table), SmolLM2-135M-Instruct, 2 CPU cores", "",
         f"`python benchmarks/schemes_table.py` from `{a.levers.name}` and `{a.damage.name}`. Each accuracy: one "
