@@ -23,7 +23,8 @@ SCHEMES = [("absmean", "tensor", 0, "default (paper)"), ("absmean", "group", 64,
            ("gptq", "row", 0, "G: GPTQ"), ("awq", "tensor", 0, "A: AWQ")]
 PROTOCOL = {"steps": 150, "batch": 16, "lr": 1e-3, "scheduler": "warmup_stable_decay", "decay_steps": 30,
             "train_size": 2400, "seed": 42}
-ADDED_LATER = {"seed": 42}  # sst2_probe.py options newer than some records: their value before
+# sst2_probe.py options newer than some records: their value before
+ADDED_LATER = {"seed": 42, "temperature": 5.0, "fp_lr_ratio": 1.0, "warmup_shape": "linear", "kd_tokens": "loss"}
 
 
 def option(args: dict, name: str):  # noqa: ANN201 - any option value
@@ -34,12 +35,11 @@ def kind(args: dict) -> str | None:
     """``"sft"``, ``"recipe"`` or None for a probe outside the table's two protocols."""
     if any(option(args, k) != v for k, v in PROTOCOL.items()) or args.get("student") or args.get("base") or args.get("fp"):
         return None
-    if args.get("gamma") or args.get("hidden") or args.get("fp_lr_ratio", 1.0) != 1.0:
+    if args.get("gamma") or args.get("hidden") or any(option(args, k) != v for k, v in ADDED_LATER.items()):
         return None
     if args.get("subln") == "none" and not args.get("lam") and not args.get("warmup"):
         return "sft"
-    if (args.get("subln") == "paper" and args.get("lam") == 10 and args.get("warmup") == 100
-            and args.get("temperature", 5.0) == 5.0 and args.get("kd_tokens", "loss") == "loss"):
+    if args.get("subln") == "paper" and args.get("lam") == 10 and args.get("warmup") == 100:
         return "recipe"
     return None
 
