@@ -42,4 +42,5 @@ class Trainer(BitDistillTrainer):
 
 if __name__ == "__main__":
     sst2_probe.BitDistillTrainer = Trainer
+    sst2_probe.VARIANT = f"learning rate x ({RATIO:g} + (1 - {RATIO:g}) x warm-up strength)"
     sst2_probe.main()

@@ -79,5 +79,6 @@ if __name__ == "__main__":
     BitLinear.forward = forward
     sst2_probe.BitDistillTrainer = Trainer
     sst2_probe.pack_bitnet = lambda model: model  # scored unpacked: the packed format recomputes the absmean
+    sst2_probe.VARIANT = f"per-tensor scales trained as parameters at lr x {RATIO:g}"
     sst2_probe.SCORING = f"training model (learned per-tensor scales, lr x {RATIO}), float32"
     sst2_probe.main()

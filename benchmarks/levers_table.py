@@ -39,7 +39,9 @@ def row(record: dict) -> str:
         schedule = f"constant, decay over the last {a['decay_steps']} steps"
     if a.get("fp_lr_ratio", 1.0) != 1.0:
         schedule += f"; full-precision parameters at {a['fp_lr_ratio']:g}x"
-    if record.get("scoring", "").startswith("training model"):  # an early probe of another weight scale
+    if record.get("variant") and not record.get("scoring", "").startswith("training model"):
+        schedule += f"; {record['variant']}"  # a wrapper script's change (benchmarks/*_probe.py)
+    if record.get("scoring", "").startswith("training model"):  # scored unpacked: another weight scale
         start += f"; {record['scoring'].split('(')[1].split(')')[0]}"
         in_training, deployed = f"{accuracy:.2f} (float32)", "-"
     elif "scoring" in record:  # scored deployed, in float32, by the probe itself

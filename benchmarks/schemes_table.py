@@ -56,7 +56,8 @@ def main() -> None:
     for line in a.levers.read_text().splitlines():
         record = json.loads(line)
         args = record["args"]
-        if "scoring" not in record or record["scoring"].startswith("training model") or not (k := kind(args)):
+        if ("scoring" not in record or record["scoring"].startswith("training model") or record.get("variant")
+                or not (k := kind(args))):
             continue  # scored in training, or another protocol
         key = (args.get("scheme", "absmean"), args.get("scale", "tensor"), args.get("group_size", 0))
         accuracy.setdefault(key, {})[k] = (record["metrics"]["accuracy"], record["name"])

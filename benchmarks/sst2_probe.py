@@ -28,6 +28,7 @@ from bitnet_hf.tasks import get_task, train_eval_splits
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 SCORING = "deployed (packed / bf16), float32, batch-invariant"
+VARIANT: str | None = None  # what a wrapper script (benchmarks/*_probe.py) changes beyond these options
 
 
 def main() -> None:
@@ -102,6 +103,8 @@ def main() -> None:
     print(f"RESULT {a.name} accuracy {result.metrics['accuracy']:.2f} train {seconds:.0f} s", flush=True)
     record = {"name": a.name, "args": vars(a), "metrics": result.metrics, "train_seconds": round(seconds),
               "scoring": SCORING, "log": [e for e in trainer.state.log_history if "loss" in e]}
+    if VARIANT:
+        record["variant"] = VARIANT
     Path(a.record).parent.mkdir(parents=True, exist_ok=True)
     with open(a.record, "a") as f:
         f.write(json.dumps(record) + "\n")
