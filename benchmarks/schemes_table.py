@@ -7,7 +7,8 @@ Reads ``benchmarks/results/sst2-levers.jsonl`` (``sst2_probe.py`` records) and
 1e-3 held then decayed over the last 30 steps, from a fresh conversion with that scheme, scored deployed:
 
 * BitNet-SFT: SubLN none, cross-entropy only, no warm-up;
-* BitDistill (recipe): SubLN paper, quantization warm-up over 100 steps, logits KD on the answer (lambda 10, T 5).
+* BitDistill (recipe): SubLN paper, quantization warm-up over 100 steps, logits KD on the answer (lambda 10, T 5);
+  and the same without the warm-up (ternary from the first step), for starts that are ternary-fitted already.
 
     python benchmarks/schemes_table.py [--levers FILE] [--damage FILE] [--output FILE]
 """
@@ -39,8 +40,8 @@ def kind(args: dict) -> str | None:
         return None
     if args.get("subln") == "none" and not args.get("lam") and not args.get("warmup"):
         return "sft"
-    if args.get("subln") == "paper" and args.get("lam") == 10 and args.get("warmup") == 100:
-        return "recipe"
+    if args.get("subln") == "paper" and args.get("lam") == 10 and args.get("warmup") in (0, 100):
+        return "recipe" if args.get("warmup") else "cold"
     return None
 
 
@@ -82,21 +83,22 @@ def main() -> None:
         "held, decayed over the last 30 steps, from a fresh conversion with the scheme (calibrated on SST-2 training "
         "prompts: 32, or 128 for GPTQ / AWQ), scored deployed (packed, float32) on the 872 held-out examples. "
         "BitNet-SFT: no SubLN, cross-entropy only. BitDistill: the recipe (SubLN, quantization warm-up over 100 "
-        "steps, logits KD on the answer, lambda 10, T 5; no relation KD, no stage 2). LM loss: held-out CNN/DailyMail "
+        "steps, logits KD on the answer, lambda 10, T 5; no relation KD, no stage 2); without the warm-up: the same, "
+        "ternary from the first step. LM loss: held-out CNN/DailyMail "
         f"nats/token right after conversion with SubLN (`benchmarks/scheme_damage.py`; full precision "
         f"{fp_loss:.2f}).", "",
-        "| scheme | scale | LM loss after conversion | BitNet-SFT | BitDistill (recipe) | gain |",
-        "|---|---|---:|---:|---:|---:|"]
+        "| scheme | scale | LM loss after conversion | BitNet-SFT | BitDistill (recipe) | gain | BitDistill without "
+        "the warm-up |", "|---|---|---:|---:|---:|---:|---:|"]
     for scheme, scale, group, label in SCHEMES:
         found = accuracy.get((scheme, scale, group), {})
         if not found:
             continue
         loss = losses.get((scheme, scale, group))
-        cells = [f"{found[k][0]:.2f} (`{found[k][1]}`)" if k in found else "not run" for k in ("sft", "recipe")]
-        gain = f"{found['recipe'][0] - found['sft'][0]:+.2f}" if len(found) == 2 else "-"
+        cells = [f"{found[k][0]:.2f} (`{found[k][1]}`)" if k in found else "not run" for k in ("sft", "recipe", "cold")]
+        gain = f"{found['recipe'][0] - found['sft'][0]:+.2f}" if {"sft", "recipe"} <= found.keys() else "-"
         per = f"group of {group}" if scale == "group" else scale
         lines.append(f"| {label} | {per} | {'-' if loss is None else f'{loss:.2f}'} | {cells[0]} | {cells[1]} | "
-                     f"{gain} |")
+                     f"{gain} | {cells[2]} |")
     a.output.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
