@@ -6,7 +6,7 @@ loss 3.96 -> 18.4). The warm-up trains it instead through ``x + strength * (q(x)
 model's) for the rest of the stage. The strength follows ``state.global_step``, so a resumed run continues where it
 stopped. Its shape (``WARMUP_SHAPES``): ``linear``, ``t = step / steps``; or ``cubic``, ``1 - (1 - t)^3``, the
 schedule of gradual magnitude pruning (Zhu & Gupta, arXiv 1710.01878): fast while the model is far from ternary,
-slow as it gets there (0.70 at a third of the steps, 0.97 at two thirds).
+slow as it gets there (0.70 at a third of the steps, 0.96 at two thirds).
 """
 
 from __future__ import annotations
