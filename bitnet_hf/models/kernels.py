@@ -280,14 +280,19 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
     quantize_rows(x.data_ptr<T>() + begin * K, end - begin, K, Kp, xq + begin * Kp, absmax.data() + begin,
                   xsum.data() + begin);
   });
-  const int64_t G = K / groups;  // input columns a scale
-  std::vector<int32_t> gsum(groups > 1 ? M * groups : 0);  // sum of xq over each group of each row
-  for (int64_t m = 0; m < static_cast<int64_t>(gsum.size()) / groups; ++m)
-    for (int64_t g = 0; g < groups; ++g) {
-      int32_t s = 0;
-      for (int64_t k = g * G; k < (g + 1) * G; ++k) s += xq[m * Kp + k];
-      gsum[m * groups + g] = s;
-    }
+  // The sum of xq over each group of G input columns of each row: xsum itself when the whole row is one group.
+  const int64_t G = K / groups;
+  std::vector<int32_t> gsum;
+  if (groups > 1) {
+    gsum.resize(M * groups);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t g = 0; g < groups; ++g) {
+        int32_t s = 0;
+        for (int64_t k = g * G; k < (g + 1) * G; ++k) s += xq[m * Kp + k];
+        gsum[m * groups + g] = s;
+      }
+  }
+  const int32_t* const sums = groups > 1 ? gsum.data() : xsum.data();
 
   const size_t n = weights.size();
   std::vector<at::Tensor> outs;
@@ -376,37 +381,25 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
         T* y = outs[i].data_ptr<T>();
         for (int64_t m0 = mb; m0 < me; m0 += tokens) {
           const int64_t nt = std::min<int64_t>(tokens, me - m0);
-          if (groups > 1) {
-            float acc[16] = {0.f};
-            for (int64_t g = 0; g < groups; ++g) {
-              ternary_dots(isa, nt, w + g * G, G, xq + m0 * Kp + g * G, Kp, dots);
-              for (int64_t t = 0; t < nt; ++t) {
-                const float step = absmax[m0 + t] / 127.f;
-                for (int64_t j = 0; j < 4 && j * R + r < N; ++j)
-                  acc[t * 4 + j] += static_cast<float>(dots[t * 4 + j] - gsum[(m0 + t) * groups + g])
-                                    * (step * scale[(j * R + r) * scale_stride + g]);
-              }
-            }
-            for (int64_t t = 0; t < nt; ++t)
+          // One float32 term per group (one in all without group scales), summed in group order.
+          float acc[16];
+          for (int64_t g = 0; g < groups; ++g) {
+            ternary_dots(isa, nt, w + g * G, G, xq + m0 * Kp + g * G, Kp, dots);
+            for (int64_t t = 0; t < nt; ++t) {
+              const float step = absmax[m0 + t] / 127.f;
               for (int64_t j = 0; j < 4 && j * R + r < N; ++j) {
-                float v = acc[t * 4 + j];
-                if (bias) v = v + static_cast<float>(bias[j * R + r]);
-                store(y + (m0 + t) * N + j * R + r, v);
+                const float term = static_cast<float>(dots[t * 4 + j] - sums[(m0 + t) * groups + g])
+                                   * (step * scale[(j * R + r) * scale_stride + g]);
+                acc[t * 4 + j] = g == 0 ? term : acc[t * 4 + j] + term;
               }
-            continue;
-          }
-          ternary_dots(isa, nt, w, K, xq + m0 * Kp, Kp, dots);
-          for (int64_t t = 0; t < nt; ++t) {
-            const int64_t m = m0 + t;
-            const float step = absmax[m] / 127.f;
-            for (int64_t j = 0; j < 4; ++j) {
-              const int64_t row = j * R + r;
-              if (row >= N) break;
-              float v = static_cast<float>(dots[t * 4 + j] - xsum[m]) * (step * scale[row * scale_stride]);
-              if (bias) v = v + static_cast<float>(bias[row]);
-              store(y + m * N + row, v);
             }
           }
+          for (int64_t t = 0; t < nt; ++t)
+            for (int64_t j = 0; j < 4 && j * R + r < N; ++j) {
+              float v = acc[t * 4 + j];
+              if (bias) v = v + static_cast<float>(bias[j * R + r]);
+              store(y + (m0 + t) * N + j * R + r, v);
+            }
         }
       }
     }
