@@ -46,8 +46,6 @@ class LearnedScale(torch.autograd.Function):
 def forward(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
     if self.sub_norm is not None:
         x = self.sub_norm(x)
-    if not hasattr(self, "learned_scale"):  # first call: the scale starts at the latent weights' absmean
-        self.learned_scale = nn.Parameter(self.weight.detach().float().abs().mean().reshape(1))
     strength = self.quantization_strength
     w = LearnedScale.apply(self.weight, self.learned_scale)
     if strength < 1.0:
