@@ -246,6 +246,30 @@ def test_compiled_packed_model_keeps_the_kernel(name):
     torch._dynamo.reset()
 
 
+def test_compiled_decoding_keeps_each_models_graphs_apart():
+    """On CPU ``compile_decoding`` compiles without guards on the model's modules, so each model gets a decode step
+    of its own: two models of one class and shape but different activations, compiled in one process, each give
+    their eager logits (with one step for both and no module guards, the second runs the first one's graph: off by
+    up to 0.02); compiling again gives a new step."""
+    torch._dynamo.reset()
+    prompt = tokens(batch=1, length=5)
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None, output_logits=True,
+                  return_dict_in_generate=True)
+    models = [tiny_model("qwen3", seed=0).eval(), tiny_model("qwen3", seed=1, hidden_act="relu").eval()]
+    with torch.no_grad():
+        eager = [torch.cat(m.generate(prompt, **kwargs).logits) for m in models]
+        assert not torch.allclose(*eager)
+        for m in models:
+            compile_decoding(m, backend="aot_eager")
+        for m, expected in zip(models, eager):
+            # static cache and decode_attention: the eager model's logits up to float rounding
+            torch.testing.assert_close(torch.cat(m.generate(prompt, **kwargs).logits), expected, rtol=0, atol=1e-5)
+    step = models[0].get_compiled_call(models[0].generation_config.compile_config)
+    compile_decoding(models[0], backend="aot_eager")
+    assert models[0].get_compiled_call(None) is not step
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("name", C_KERNELS)
 def test_group_scales_route_by_rows(name):
     """Scales per group: the C++ kernel for float32 inputs below 128 rows and 1-2 bf16 rows, int4pack for a few more
