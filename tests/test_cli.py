@@ -92,8 +92,9 @@ def test_bad_input_fails_fast_with_a_clear_message(fp_checkpoint, tmp_path, caps
     assert "model_type 'gpt2'" in capsys.readouterr().err
 
 
-def test_bench_measures_every_variant_side_by_side(fp_checkpoint, tmp_path, capsys):
+def test_bench_measures_every_variant_side_by_side(fp_checkpoint, tmp_path, capsys, caplog, monkeypatch):
     out = tmp_path / "result.md"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # slows decoding: said in the log and in the report
     variants = {"bf16", "packed", "packed+int4 head compiled", "packed (row scales)"}
     assert main(["bench", "--checkpoint", str(fp_checkpoint), "--prompt-tokens", "4", "--new-tokens", "3",
                  "--threads", "1", "--rounds", "2", "--variants", ",".join(variants), "--output", str(out)]) == 0
@@ -101,6 +102,8 @@ def test_bench_measures_every_variant_side_by_side(fp_checkpoint, tmp_path, caps
     assert set(result["per_round"]) == variants and all(len(v) == 2 for v in result["per_round"].values())
     assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 for v in result["per_round"].values() for r in v)
     assert result["checkpoint_bytes"]["packed"] < result["checkpoint_bytes"]["bf16"]
+    assert result["machine"]["omp_wait_policy"] == "PASSIVE" and "; OMP_WAIT_POLICY=PASSIVE." in out.read_text()
+    assert "OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep" in caplog.text
     assert all(f["peak_rss_mib"] > 0 for f in result["final"].values())
     # row scales take the C++ kernel chosen here, like one scale per tensor
     from bitnet_hf.models.kernels import cpu_kernel
