@@ -23,6 +23,7 @@ ROWS: list[tuple[str, str, str]] = [
      "then decayed over the last 30 steps, no relation KD, no stage 2", "kdans-warm100-lr1e-3-wsd30", RECIPE),
     ("the same, another data order (seed 1)", "kdans-warm100-lr1e-3-wsd30-seed1", RECIPE + " --seed 1"),
     ("- warm-up (ternary from the first step)", "recipe-nowarm", RECIPE.replace("100", "0", 1)),
+    ("- logits KD (cross-entropy only)", "recipe-nokd", RECIPE.replace("--teacher T --lam 10 ", "")),
     ("- lr 1e-3 WSD (the paper's 2e-4, cosine)", "kdans-warm100", "--teacher T --lam 10 --warmup 100"),
     ("- lr 1e-3 WSD, - logits KD (cross-entropy only, against the row above)", "sft-warm100", "--warmup 100"),
     ("- WSD schedule (lr 1e-3, cosine)", "kdans-warm100-lr1e-3", "--teacher T --lam 10 --warmup 100 --lr 1e-3"),
