@@ -571,3 +571,31 @@ def test_decode_attention_equals_sdpa():
     model = tiny_model("qwen3")
     compile_decoding(model)
     assert model.config._attn_implementation == DECODE_ATTENTION
+
+
+def test_decode_attention_compiled_by_inductor_equals_eager():
+    """Under inductor the query and the softmax go through ``_computed_once`` (computed into a buffer before the
+    one-row matmuls that inductor turns into loops; without it the query's rotary embedding was recomputed for
+    every cached position): the compiled attention still equals the eager one, and eagerly the barrier is ``x``
+    itself."""
+    from bitnet_hf.generation import _computed_once, decode_attention
+
+    g = torch.Generator().manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    key, value = torch.randn(1, 2, 9, 16, generator=g), torch.randn(1, 2, 9, 16, generator=g)
+    mask = torch.rand(1, 1, 1, 9, generator=g) > 0.3
+    mask[..., 0] = True
+    raw, angles = torch.randn(1, 4, 1, 16, generator=g), torch.rand(16, generator=g)
+
+    def attend(raw: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        query = raw * angles.cos() + raw.flip(-1) * angles.sin()  # a rotary-embedding-like producer to inline
+        return decode_attention(module, query, key, value, mask, scaling=0.25)[0]
+
+    assert _computed_once(raw) is raw
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(attend, backend="inductor", fullgraph=True)(raw, angles)
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(compiled, attend(raw, angles), rtol=1e-5, atol=1e-5)
