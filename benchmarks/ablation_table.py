@@ -1,12 +1,14 @@
 """The recovery issue's ablation on SST-2 (SmolLM2-135M-Instruct, 150 steps x 16, 2 CPU cores): the paper's
 recipe, the final recipe, each of its levers taken out in turn and the other levers added on top, with the
-minutes each run trained; then the final recipe against the tokens of a stage 2 run before it.
+minutes each run trained; then each lever alone on top of the paper's BitDistill at the one-command protocol's
+300 steps (one pipeline run); then the final recipe against the tokens of a stage 2 run before it.
 
-Reads ``benchmarks/results/sst2-levers.jsonl`` (``sst2_probe.py`` records, by name) and the pipeline's results of
-the paper rows (``benchmarks/results/sst2-smollm2-135m.json``, whose stage seconds it shows), writes
-``benchmarks/results/sst2-ablation.md``. A probe that has not run shows as "not run" with its command.
+Reads ``benchmarks/results/sst2-levers.jsonl`` (``sst2_probe.py`` records, by name), the pipeline's results of
+the paper rows (``benchmarks/results/sst2-smollm2-135m.json``, whose stage seconds it shows) and of the 300-step
+lever rows (``benchmarks/results/sst2-levers-300steps.json``), writes ``benchmarks/results/sst2-ablation.md``. A
+probe or row that has not run shows as "not run".
 
-    python benchmarks/ablation_table.py [--levers FILE] [--paper FILE] [--output FILE]
+    python benchmarks/ablation_table.py [--levers FILE] [--paper FILE] [--on-paper FILE] [--output FILE]
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ ROWS: list[tuple[str, str, str]] = [
 
 # the final recipe after stage 2 (CNN/DM training articles, 8 x 256 tokens a step, the quantizers blended in over
 # the first half: ``pretrain_probe.py --out PT --tokens N --warmup 0.5``), by stage-2 tokens
+# each lever alone on top of the paper's BitDistill (pipeline rows, ``bitnet_hf.pipeline.ROWS``), in table order
+ON_PAPER: list[str] = ["fp16_sft", "bitnet_sft", "bitdistill", "warmup", "cosine", "kd_all_tokens", "hidden_kd",
+                       "recipe"]
 CURVE: list[tuple[int, str]] = [(0, "kdans-warm100-lr1e-3-wsd30"), (61_440, "pt61k-warm-recipe"),
                                 (122_880, "pt-warm-recipe")]
 
@@ -56,15 +61,25 @@ def accuracy(record: dict | None) -> str:
     return f"{record['metrics']['accuracy']:.2f}{mark}"
 
 
+def stage_minutes(run: dict, row: dict) -> str:
+    """The minutes of the pipeline stages a row needed: its conversion, stage 2 if any, training, evaluation."""
+    seconds, name = run["stage_seconds"], row["row"]
+    shared = {"fp16_sft": ("teacher",), "bitnet_sft": ("convert-none",)}.get(name, ("convert-paper", "pretrain-paper"))
+    stages = [s for s in seconds if s in shared or s == name or s == f"evaluate-{name}"]
+    if name == "recipe":  # no stage 2 (the row's own option); its conversion is convert-paper's
+        stages = [s for s in stages if s != "pretrain-paper"]
+    return " + ".join(f"{s} {seconds[s] / 60:.1f}" for s in stages)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--levers", type=Path, default=RESULTS / "sst2-levers.jsonl")
     p.add_argument("--paper", type=Path, default=RESULTS / "sst2-smollm2-135m.json")
+    p.add_argument("--on-paper", type=Path, default=RESULTS / "sst2-levers-300steps.json")
     p.add_argument("--output", type=Path, default=RESULTS / "sst2-ablation.md")
     a = p.parse_args()
     records = {r["name"]: r for r in map(json.loads, a.levers.read_text().splitlines()) if r}
     paper = json.loads(a.paper.read_text())
-    seconds = paper["stage_seconds"]
     lines = [
         "# SST-2 ablation: SmolLM2-135M-Instruct, 150 steps x 16, 2 CPU cores",
         "",
@@ -81,15 +96,26 @@ def main() -> None:
     ]
     for r in paper["rows"]:
         if r["row"] in ("bitnet_sft", "bitdistill"):
-            stages = [s for s in seconds if s.endswith(r["row"]) or s in (
-                ("convert-none",) if r["row"] == "bitnet_sft" else ("convert-paper", "pretrain-paper"))]
-            minutes = " + ".join(f"{s} {seconds[s] / 60:.1f}" for s in stages)
-            lines.append(f"| paper: {r['method']} | {r['metrics']['accuracy']:.2f} | {minutes} | pipeline | "
-                         f"row `{r['row']}` |")
+            lines.append(f"| paper: {r['method']} | {r['metrics']['accuracy']:.2f} | {stage_minutes(paper, r)} | "
+                         f"pipeline | row `{r['row']}` |")
     for label, name, options in ROWS:
         record = records.get(name)
         minutes = f"{record['train_seconds'] / 60:.0f}" if record else "-"
         lines.append(f"| {label} | {accuracy(record)} | {minutes} | `{name}` | `{options}` |")
+    lines += ["", "## Each lever alone on top of the paper's BitDistill, 300 steps x 16", ""]
+    if a.on_paper.is_file():
+        run = json.loads(a.on_paper.read_text())
+        rows = {r["row"]: r for r in run["rows"]}
+        lines += [f"One pipeline run at the one-command protocol's budget (`benchmarks/sst2_recipe.sh`: 4,800 "
+                  f"examples, 300 steps x 16, teacher 100 steps): `{run['command']}`. The paper rows' stage 2 "
+                  "(convert-paper, pretrain-paper) is shared; minutes of each row's stages.", "",
+                  "| row | what it changes | accuracy | minutes |", "|---|---|---:|---:|"]
+        for name in ON_PAPER:
+            r = rows.get(name)
+            cells = (f"{r['metrics']['accuracy']:.2f} | {stage_minutes(run, r)}" if r else "not run | -")
+            lines.append(f"| `{name}` | {r['method'] if r else ''} | {cells} |")
+    else:
+        lines.append(f"not run ({a.on_paper} is missing)")
     lines += ["", "## The final recipe against stage-2 tokens", "",
               "Stage 2: `python benchmarks/pretrain_probe.py --out PT --tokens N --warmup 0.5` (CNN/DM training "
               "articles, 8 x 256 tokens a step, lr 2e-4, the quantizers blended in over the first half), then the "
