@@ -509,10 +509,10 @@ def report(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def ratio(name: str, key: str) -> str:
-        if base is None:
+    def ratio(name: str, key: str, baseline: str = "bf16") -> str:
+        if baseline not in rows:
             return "-"
-        values = [a[key] / b[key] for a, b in zip(rows[name], base)]
+        values = [a[key] / b[key] for a, b in zip(rows[name], rows[baseline])]
         return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
 
     for name, values in rows.items():
@@ -527,6 +527,11 @@ def report(result: dict) -> str:
             f"| {result['checkpoint_bytes'][name] / 2**20:.0f} |")
     for name, why in result.get("not_run", {}).items():
         lines.append(f"| {name} | not run: {why} | | | | | | | | |")
+    compiled = [name for name in rows if name != "bf16 compiled" and name.endswith(" compiled")]
+    if "bf16 compiled" in rows and compiled:  # the fair baseline of a compiled variant: bf16, compiled the same way
+        lines += ["", "Against bf16 compiled (median [min-max] of per-round ratios): " + "; ".join(
+            f"{name} decode {ratio(name, 'decode_tok_s', 'bf16 compiled')}, prefill "
+            f"{ratio(name, 'prefill_tok_s', 'bf16 compiled')}" for name in compiled) + "."]
     machine = result["machine"]
     lines += ["", f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['memory_gib']} GiB, "
               f"ISA {' '.join(machine['isa'])}; Python {machine['python']}, torch {machine['torch']}, transformers "

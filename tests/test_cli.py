@@ -130,3 +130,27 @@ def test_calibration_texts_come_from_any_text_format(tmp_path):
     assert _read_texts(tmp_path / "csv", "sentence", 10) == ["from csv", "again"]
     with pytest.raises(ValueError, match=r"no column 'text' \(columns: sentence, label\).*--\*-field"):
         _read_texts(rows, "text", 10)
+
+
+def test_bench_report_compares_compiled_variants_with_compiled_bf16():
+    """A compiled variant's fair baseline is bf16 compiled the same way: the report gives the median [min-max] of
+    its per-round ratios to it, beside the ratios to eager bf16 in the table."""
+    from bitnet_hf.bench import report
+
+    def rounds(*decode: float) -> list[dict]:
+        return [{"decode_tok_s": d, "prefill_tok_s": 100.0} for d in decode]
+
+    names = ["bf16", "bf16 compiled", "packed+int4 head compiled"]
+    result = {"subject": "s", "prompt_tokens": 4, "new_tokens": 4, "threads": 2, "rounds": 3,
+              "per_round": dict(zip(names, [rounds(10, 10, 10), rounds(12, 14, 10), rounds(60, 56, 60)])),
+              "final": {n: {"peak_rss_mib": 1.0, "model_rss_mib": 1.0} for n in names},
+              "load": {n: {"kernel": "k"} for n in names}, "checkpoint_bytes": {n: 2**20 for n in names},
+              "machine": {"cpu": "c", "logical_cpus": 2, "memory_gib": 1, "isa": [], "python": "3", "torch": "t",
+                          "transformers": "t", "load_average_at_start": 0.0, "load_average_at_end": 0.0}}
+    text = report(result)
+    assert "| packed+int4 head compiled | k | 60.0 | 6.00 [5.60-6.00] |" in text  # against eager bf16
+    # per round 60/12, 56/14, 60/10: median 5.00, range 4.00-6.00
+    assert ("Against bf16 compiled (median [min-max] of per-round ratios): packed+int4 head compiled decode "
+            "5.00 [4.00-6.00], prefill 1.00 [1.00-1.00].") in text
+    del result["per_round"]["bf16 compiled"]
+    assert "Against bf16 compiled" not in report(result)
