@@ -40,6 +40,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("+ absmean scale per group of 64", "recipe-group64", RECIPE + " --scale group --group-size 64"),
     ("+ student converted from the FP16-SFT teacher instead of the base model", "recipe-fromteacher",
      "--base T " + RECIPE),
+    ("+ latent weights averaged over the ternary steps (EMA 0.95 from step 100; `ema_probe.py`)", "recipe-ema95",
+     "EMA_START=100 EMA_DECAY=0.95 " + RECIPE),
     ("BitNet-SFT at the recipe's lr and schedule (SubLN none, CE only, no warm-up)", "bitnet-sft-lr1e-3-wsd30",
      f"--subln none {SCHEDULE}"),
 ]
