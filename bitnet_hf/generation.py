@@ -35,7 +35,8 @@ def decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                                       **kwargs)
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    scores = torch.matmul(_computed_once(query), key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(_computed_once(query), key.transpose(2, 3)) * scale
     if attention_mask is not None:
         mask = attention_mask[:, :, :, : key.shape[2]]
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
