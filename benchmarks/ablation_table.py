@@ -34,6 +34,9 @@ ROWS: list[tuple[str, str, str]] = [
      RECIPE + " --gamma 10 --kind cosine"),
     ("+ stage 2 first (122,880 CNN/DM tokens, warm-up over half: `pretrain_probe.py --out PT --warmup 0.5`)",
      "pt-warm-recipe", "--student PT/final " + RECIPE),
+    ("+ stage 2 with logits KD from the FP model first (61,440 CNN/DM tokens, warm-up over half: "
+     "`pretrain_probe.py --out PT --tokens 61440 --warmup 0.5 --lam 1`)", "ptkd61k-warm-recipe",
+     "--student PT/final " + RECIPE),
     ("+ SubLN before every projection (authors' configs)", "kdans-warm100-lr1e-3-wsd30-sublnall",
      RECIPE + " --subln all"),
     ("+ batch 32 on 4,800 examples (the paper's batch)", "recipe-150x32", RECIPE + " --batch 32 --train-size 4800"),
