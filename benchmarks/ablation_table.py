@@ -17,6 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bitnet_hf.pipeline import ROWS as ROWS_OF_PIPELINE
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEDULE = "--lr 1e-3 --scheduler warmup_stable_decay --decay-steps 30"
 RECIPE = f"--teacher T --lam 10 --warmup 100 {SCHEDULE}"
@@ -49,11 +51,11 @@ ROWS: list[tuple[str, str, str]] = [
      f"--subln none {SCHEDULE}"),
 ]
 
-# the final recipe after stage 2 (CNN/DM training articles, 8 x 256 tokens a step, the quantizers blended in over
-# the first half: ``pretrain_probe.py --out PT --tokens N --warmup 0.5``), by stage-2 tokens
 # each lever alone on top of the paper's BitDistill (pipeline rows, ``bitnet_hf.pipeline.ROWS``), in table order
 ON_PAPER: list[str] = ["fp16_sft", "bitnet_sft", "bitdistill", "warmup", "cosine", "kd_all_tokens", "hidden_kd",
                        "recipe"]
+# the final recipe after stage 2 (CNN/DM training articles, 8 x 256 tokens a step, the quantizers blended in over
+# the first half: ``pretrain_probe.py --out PT --tokens N --warmup 0.5``), by stage-2 tokens
 CURVE: list[tuple[int, str]] = [(0, "kdans-warm100-lr1e-3-wsd30"), (61_440, "pt61k-warm-recipe"),
                                 (122_880, "pt-warm-recipe")]
 
@@ -69,10 +71,12 @@ def accuracy(record: dict | None) -> str:
 def stage_minutes(run: dict, row: dict) -> str:
     """The minutes of the pipeline stages a row needed: its conversion, stage 2 if any, training, evaluation."""
     seconds, name = run["stage_seconds"], row["row"]
-    shared = {"fp16_sft": ("teacher",), "bitnet_sft": ("convert-none",)}.get(name, ("convert-paper", "pretrain-paper"))
+    spec = ROWS_OF_PIPELINE[name]  # the stages follow from the row's definition, as the pipeline runs them
+    if spec.fp:
+        shared = ["teacher"]
+    else:
+        shared = [f"convert-{spec.subln}"] + ([f"pretrain-{spec.subln}"] if spec.pretrain else [])
     stages = [s for s in seconds if s in shared or s == name or s == f"evaluate-{name}"]
-    if name == "recipe":  # no stage 2 (the row's own option); its conversion is convert-paper's
-        stages = [s for s in stages if s != "pretrain-paper"]
     return " + ".join(f"{s} {seconds[s] / 60:.1f}" for s in stages)
 
 
