@@ -548,6 +548,18 @@ def test_file_rows_embedding_compiles_in_one_graph(tmp_path):
     torch._dynamo.reset()
 
 
+def attention_inputs(g: torch.Generator, *, batch: int, groups: int,
+                     positions: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An attention module with ``groups`` query heads per key/value head, keys and values of 2 heads of 16 over
+    ``positions`` cached positions, and a boolean mask hiding about 30% of them (never the first)."""
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = groups, True
+    key, value = (torch.randn(batch, 2, positions, 16, generator=g), torch.randn(batch, 2, positions, 16, generator=g))
+    mask = torch.rand(batch, 1, 1, positions, generator=g) > 0.3
+    mask[..., 0] = True
+    return module, key, value, mask
+
+
 def test_decode_attention_equals_sdpa():
     """``compile_decoding``'s attention for CPU: for one query token, plain matmuls and a float32 softmax equal
     transformers' SDPA attention (grouped keys/values, a mask hiding some positions, or none); other calls are
@@ -557,11 +569,7 @@ def test_decode_attention_equals_sdpa():
     from bitnet_hf.generation import DECODE_ATTENTION, decode_attention
 
     g = torch.Generator().manual_seed(0)
-    module = torch.nn.Module()
-    module.num_key_value_groups, module.is_causal = 4, True
-    key, value = torch.randn(2, 2, 10, 16, generator=g), torch.randn(2, 2, 10, 16, generator=g)
-    mask = torch.rand(2, 1, 1, 10, generator=g) > 0.3
-    mask[..., 0] = True
+    module, key, value, mask = attention_inputs(g, batch=2, groups=4, positions=10)
     for q_len, m in [(1, mask), (1, None), (3, mask.expand(2, 1, 3, 10))]:
         query = torch.randn(2, 8, q_len, 16, generator=g)
         ours, _ = decode_attention(module, query, key, value, m, scaling=0.25)
@@ -581,11 +589,7 @@ def test_decode_attention_compiled_by_inductor_equals_eager():
     from bitnet_hf.generation import _computed_once, decode_attention
 
     g = torch.Generator().manual_seed(0)
-    module = torch.nn.Module()
-    module.num_key_value_groups, module.is_causal = 2, True
-    key, value = torch.randn(1, 2, 9, 16, generator=g), torch.randn(1, 2, 9, 16, generator=g)
-    mask = torch.rand(1, 1, 1, 9, generator=g) > 0.3
-    mask[..., 0] = True
+    module, key, value, mask = attention_inputs(g, batch=1, groups=2, positions=9)
     raw, angles = torch.randn(1, 4, 1, 16, generator=g), torch.rand(16, generator=g)
 
     def attend(raw: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
