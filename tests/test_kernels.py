@@ -396,11 +396,14 @@ def test_quantized_lm_head_option(mode, tolerance, tmp_path):
         AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head="int2")
 
 
+@pytest.mark.parametrize("route", ["avx2", "torch"])  # the C++ exact_top call (with a C++ kernel), torch's ops
 @pytest.mark.parametrize("tied", [True, False])
-def test_int4_head_with_exact_top_logits(tied, tmp_path, monkeypatch):
+def test_int4_head_with_exact_top_logits(tied, route, tmp_path, monkeypatch):
     """``int4_exact_top``: each token's highest int4 logits are recomputed from the stored rows, read from the
     checkpoint file (tied or not): there they are the exact head's, elsewhere the int4 head's; greedy decoding is the
-    exact head's; the model compiles in one graph."""
+    exact head's; the model compiles in one graph. On either route: the C++ call or torch's top-k and row read."""
+    if route != "torch":
+        c_kernel_or_skip(route)
     from transformers import AutoModelForCausalLM
 
     import bitnet_hf.models.layers as layers
@@ -416,7 +419,7 @@ def test_int4_head_with_exact_top_logits(tied, tmp_path, monkeypatch):
     head = model.lm_head
     assert head.rows_source is not None and head.rows_source[0] == str((path / "model.safetensors").resolve())
     x = tokens(batch=2, length=7)
-    with torch.no_grad():
+    with torch.no_grad(), kernel(route):
         exact, approximate, logits = (m(x).logits.float() for m in (full, int4, model))
         top = approximate.topk(8, dim=-1).indices
         recomputed = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top, True)
@@ -431,13 +434,45 @@ def test_int4_head_with_exact_top_logits(tied, tmp_path, monkeypatch):
         assert torch.equal(head._rows(top), full.lm_head.weight[top]) and full.lm_head.weight[top].abs().sum() > 0
         head.weight.data = mapped
         torch._dynamo.reset()
-        with kernel("torch"):
-            expected = model(x).logits
-            assert torch.equal(torch.compile(model, backend="aot_eager", fullgraph=True)(x).logits, expected)
+        expected = model(x).logits
+        assert torch.equal(torch.compile(model, backend="aot_eager", fullgraph=True)(x).logits, expected)
         torch._dynamo.reset()
     save_checkpoint(model, tmp_path / "again")
     assert model.lm_head.rows_source is None  # the matrix is in RAM now, and the file may change
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == (path / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize(("vocab", "k"), [(1000, 3), (1000, 8), (300, 64)])  # k below / above the 256-blocks
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_exact_top_call_picks_the_k_largest_and_recomputes_them(vocab, k, dtype, tmp_path):
+    """``kernels.exact_top``: in each row the k largest logits, ties to the lower index (a stable descending sort),
+    become the products of x with those rows, read from the file or taken from the weight alike; the others stay.
+    A replaced or shortened file is an error, never read."""
+    c_kernel_or_skip("avx2")
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(vocab, 40, generator=g).to(dtype)
+    x = torch.randn(3, 40, generator=g).to(dtype)
+    logits = torch.randint(-20, 20, (3, vocab), generator=g).to(dtype)  # small integers: many ties
+    top = logits.sort(dim=-1, descending=True, stable=True).indices[:, :k]
+    file = tmp_path / "matrix.bin"
+    file.write_bytes(b"header" + weight.view(torch.uint8).numpy().tobytes())
+    source = (str(file), file.stat().st_ino, len(b"header"))
+    with torch.no_grad():
+        from_memory = kernels.exact_top(logits, x, weight, None, k)
+        from_file = kernels.exact_top(logits, x, weight, source, k)
+    assert torch.equal(from_memory, from_file)
+    recomputed = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top, True)
+    assert torch.equal(from_file[~recomputed], logits[~recomputed])
+    products = (x.double() @ weight.double().T).gather(-1, top)
+    # float32 sums rounded once to the dtype: within one unit of its last place of the exact products
+    torch.testing.assert_close(from_file.gather(-1, top).double(), products, rtol=torch.finfo(dtype).eps, atol=1e-5)
+    file.write_bytes(file.read_bytes()[:50])  # in place: same inode, shorter
+    with pytest.raises(RuntimeError, match="shorter than when the model was loaded"):
+        kernels.exact_top(logits, x, weight, source, k)
+    (tmp_path / "new.bin").write_bytes(b"")
+    (tmp_path / "new.bin").replace(file)
+    with pytest.raises(RuntimeError, match="replaced after the model was loaded"):
+        kernels.exact_top(logits, x, weight, source, k)
 
 
 def test_int4_head_packed_in_blocks_equals_packing_the_whole_matrix():

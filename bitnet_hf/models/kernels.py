@@ -61,7 +61,12 @@ _SOURCE = r"""
 #include <cmath>
 #include <algorithm>
 #include <cstring>
+#include <cerrno>
+#include <functional>
 #include <vector>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace {
 
@@ -457,16 +462,139 @@ std::vector<at::Tensor> ternary_linear(const at::Tensor& x, at::TensorList weigh
   return ternary_linear_impl<at::BFloat16>(xc, ws, sp, strides, bs, ns, groups, int(isa));
 }
 
+// Order-preserving key of a value: a larger value has a larger key (NaN aside); branch-free, so loops vectorize.
+inline uint32_t key_of_bits(uint32_t b) { return b ^ (uint32_t(int32_t(b) >> 31) | 0x80000000u); }
+inline uint32_t order_key(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return key_of_bits(b);
+}
+inline uint32_t order_key(at::BFloat16 v) { return key_of_bits(uint32_t(v.x) << 16); }  // its float's bits
+inline uint32_t order_key(at::Half v) { return order_key(static_cast<float>(v)); }
+
+// The k largest of v[0, n) (k <= n), ties to the lower index, into ids[0, k). The maximum of each block of 256
+// values first: the k-th largest of those maxima is at most the k-th largest value, so only the blocks whose maximum
+// reaches it can hold one of the k, and only their values are compared.
+template <typename T>
+__attribute__((target("avx2")))
+void top_indices(const T* v, int64_t n, int64_t k, int64_t* ids) {
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<uint32_t> block_max(blocks);
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint32_t m = 0;
+    for (int64_t i = b * kBlock, end = std::min(n, i + kBlock); i < end; ++i)
+      m = std::max(m, order_key(v[i]));
+    block_max[b] = m;
+  }
+  uint32_t threshold = 0;
+  if (blocks > k) {
+    std::vector<uint32_t> maxima(block_max);
+    std::nth_element(maxima.begin(), maxima.begin() + (k - 1), maxima.end(), std::greater<uint32_t>());
+    threshold = maxima[k - 1];
+  }
+  std::vector<std::pair<uint32_t, int64_t>> candidates;  // (key, index) of every value >= threshold
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (block_max[b] < threshold) continue;
+    for (int64_t i = b * kBlock, end = std::min(n, i + kBlock); i < end; ++i) {
+      const uint32_t key = order_key(v[i]);
+      if (key >= threshold) candidates.emplace_back(key, i);
+    }
+  }
+  std::partial_sort(candidates.begin(), candidates.begin() + k, candidates.end(),
+                    [](const std::pair<uint32_t, int64_t>& a, const std::pair<uint32_t, int64_t>& b) {
+                      return a.first > b.first || (a.first == b.first && a.second < b.second);
+                    });
+  for (int64_t j = 0; j < k; ++j) ids[j] = candidates[j].second;
+}
+
+// sum(w[i] * x[i]) in float32, eight lanes at a time, the lanes then added in order.
+template <typename T>
+__attribute__((target("avx2")))
+float dot(const T* w, const float* x, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  const int64_t n8 = n / 8 * 8;
+  for (int64_t i = 0; i < n8; i += 8) acc = _mm256_add_ps(acc, _mm256_mul_ps(load8(w + i), _mm256_loadu_ps(x + i)));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  float sum = 0.f;
+  for (float v : lanes) sum += v;
+  for (int64_t i = n8; i < n; ++i) sum += static_cast<float>(w[i]) * x[i];
+  return sum;
+}
+
+// Rows ids of the (rows, cols) matrix of dtype stored at byte offset of the file path, read with pread (through the
+// page cache, into the returned tensor only); inode is the file's when the model loaded.
+at::Tensor read_file_rows(const at::Tensor& ids, const std::string& path, int64_t inode, int64_t offset, int64_t rows,
+                          int64_t cols, at::ScalarType dtype) {
+  at::Tensor out = at::empty({ids.numel(), cols}, at::TensorOptions().dtype(dtype));
+  const int64_t row_bytes = cols * int64_t(at::elementSize(dtype));
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  TORCH_CHECK(fd >= 0, "cannot open ", path, " (", std::strerror(errno), "); load the model again");
+  struct Closer { int fd; ~Closer() { ::close(fd); } } closer{fd};
+  struct stat st;
+  TORCH_CHECK(::fstat(fd, &st) == 0 && int64_t(st.st_ino) == inode,
+              path, " was replaced after the model was loaded from it; load the model again");
+  const int64_t* id = ids.data_ptr<int64_t>();
+  char* dst = static_cast<char*>(out.data_ptr());
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    TORCH_CHECK(id[i] >= 0 && id[i] < rows, "index ", id[i], " out of range of the ", rows, " stored rows");
+    TORCH_CHECK(::pread(fd, dst + i * row_bytes, row_bytes, offset + id[i] * row_bytes) == row_bytes,
+                path, " is shorter than when the model was loaded from it; load the model again");
+  }
+  return out;
+}
+
+// logits (n, V) with, in each row, its k largest values replaced by the exact products of x's row with those rows of
+// weight (V, cols): rows read from the file path (at byte offset, inode checked) or, where path is empty, from
+// weight itself. Products in float32, rounded once to the logits' dtype. Needs AVX2.
+at::Tensor exact_top(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& weight, const std::string& path,
+                     int64_t inode, int64_t offset, int64_t k) {
+  TORCH_CHECK(logits.dim() == 2 && x.dim() == 2 && weight.dim() == 2 && logits.size(0) == x.size(0)
+              && weight.size(0) == logits.size(1) && weight.size(1) == x.size(1),
+              "bitnet_hf::exact_top: logits (n, V), x (n, in) and weight (V, in) do not match");
+  TORCH_CHECK(logits.device().is_cpu() && x.device().is_cpu(), "bitnet_hf::exact_top: CPU tensors only");
+  TORCH_CHECK(isa_supported(kAvx2), "bitnet_hf::exact_top: this CPU lacks AVX2");
+  const int64_t n = logits.size(0), vocab = logits.size(1);
+  k = std::min(k, vocab);
+  at::Tensor out = logits.clone(at::MemoryFormat::Contiguous);
+  if (n == 0 || k <= 0) return out;
+  at::Tensor ids = at::empty({n, k}, at::kLong);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "exact_top", [&] {
+    for (int64_t r = 0; r < n; ++r)
+      top_indices(out.data_ptr<scalar_t>() + r * vocab, vocab, k, ids.data_ptr<int64_t>() + r * k);
+  });
+  at::Tensor rows = path.empty() ? weight.index_select(0, ids.view(-1))
+      : read_file_rows(ids, path, inode, offset, vocab, x.size(1), weight.scalar_type());
+  if (rows.scalar_type() != at::kFloat && rows.scalar_type() != at::kBFloat16) rows = rows.to(at::kFloat);
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "exact_top", [&] {
+    scalar_t* y = out.data_ptr<scalar_t>();
+    const int64_t* id = ids.data_ptr<int64_t>();
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t i = r * k + j;
+        const float v = rows.scalar_type() == at::kFloat
+            ? dot(rows.data_ptr<float>() + i * x.size(1), xf.data_ptr<float>() + r * x.size(1), x.size(1))
+            : dot(rows.data_ptr<at::BFloat16>() + i * x.size(1), xf.data_ptr<float>() + r * x.size(1), x.size(1));
+        y[r * vocab + id[i]] = static_cast<scalar_t>(v);
+      }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(BITNET_NAMESPACE, m) {
   m.def("isa_supported(int isa) -> bool", &isa_supported);
   m.def("ternary_linear(Tensor x, Tensor[] weights, Tensor[] scales, Tensor?[] biases, int[] out_features, "
         "int isa) -> Tensor[]");
+  m.def("exact_top(Tensor logits, Tensor x, Tensor weight, str path, int inode, int offset, int k) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(BITNET_NAMESPACE, CPU, m) {
   m.impl("ternary_linear", &ternary_linear);
+  m.impl("exact_top", &exact_top);
 }
 """
 
@@ -506,13 +634,15 @@ def _build_library() -> None:
 
 
 def _register_fake() -> None:
-    """Shapes of ``ternary_linear``'s outputs for ``torch.compile`` (fake tensors), so a compiled model keeps the op."""
+    """Shapes of the ops' outputs for ``torch.compile`` (fake tensors), so a compiled model keeps the op."""
 
     def fake(x: torch.Tensor, weights: list[torch.Tensor], scales: list[torch.Tensor],
              biases: list[torch.Tensor | None], out_features: list[int], isa: int) -> list[torch.Tensor]:
         return [x.new_empty(x.shape[0], n) for n in out_features]
 
     torch.library.register_fake(f"{_NAMESPACE}::ternary_linear", fake)
+    torch.library.register_fake(f"{_NAMESPACE}::exact_top",
+                                lambda logits, x, weight, path, inode, offset, k: logits.new_empty(logits.shape))
 
 
 def _library_error() -> str | None:
@@ -590,6 +720,18 @@ def ternary_linear(x: torch.Tensor, layers: list, kernel: str) -> list[torch.Ten
     outs = op(x.reshape(-1, x.shape[-1]), [m.weight for m in layers], [m.weight_scale for m in layers],  # type: ignore[operator]
               [m.bias for m in layers], [m.out_features for m in layers], _ISA[kernel])
     return [y.view(*lead, y.shape[-1]) for y in outs]
+
+
+def exact_top(logits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, source: tuple[str, int, int] | None,
+              k: int) -> torch.Tensor:
+    """``logits`` (n, V) with each row's ``k`` largest values (ties to the lower index) replaced by the exact products
+    of ``x`` (n, in) with those rows of ``weight`` (V, in), in one C++ call (a block-maximum top-k, then the rows read
+    with ``pread`` from ``source``, the file's (path, inode, byte offset) of the matrix, or taken from ``weight``
+    where None; products as ``bmm`` of the rows cast to ``x``'s dtype). Needs the C++ library (``vnni`` / ``avx2``
+    chosen)."""
+    op = _state.get("exact_top") or _state.setdefault("exact_top", getattr(torch.ops, _NAMESPACE).exact_top)
+    path, inode, offset = source or ("", 0, 0)
+    return op(logits, x, weight, path, inode, offset, k)  # type: ignore[operator]
 
 
 def int4pack_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
