@@ -396,12 +396,13 @@ def test_quantized_lm_head_option(mode, tolerance, tmp_path):
         AutoModelForCausalLM.from_pretrained(path, bitnet_lm_head="int2")
 
 
-@pytest.mark.parametrize("route", ["avx2", "torch"])  # the C++ exact_top call (with a C++ kernel), torch's ops
+@pytest.mark.parametrize("route", ["vnni", "avx2", "torch"])
 @pytest.mark.parametrize("tied", [True, False])
 def test_int4_head_with_exact_top_logits(tied, route, tmp_path, monkeypatch):
     """``int4_exact_top``: each token's highest int4 logits are recomputed from the stored rows, read from the
-    checkpoint file (tied or not): there they are the exact head's, elsewhere the int4 head's; greedy decoding is the
-    exact head's; the model compiles in one graph. On either route: the C++ call or torch's top-k and row read."""
+    checkpoint file (tied or not): there they are the exact head's, elsewhere the int4 pass's; greedy decoding is the
+    exact head's; the model compiles in one graph. On every route: ``vnni`` (int4_rows, then the C++ exact_top
+    call), ``avx2`` (int4's pass, the C++ call) and ``torch`` (int4's pass, torch's top-k and row read)."""
     if route != "torch":
         c_kernel_or_skip(route)
     from transformers import AutoModelForCausalLM
@@ -409,7 +410,6 @@ def test_int4_head_with_exact_top_logits(tied, route, tmp_path, monkeypatch):
     import bitnet_hf.models.layers as layers
     from bitnet_hf import save_checkpoint
 
-    monkeypatch.setattr(layers, "EXACT_TOP", 8)  # of the tiny model's 64-token vocabulary
     path = tmp_path / "packed"
     fp = tiny_model("llama", tie_word_embeddings=tied)
     save_checkpoint(pack_bitnet(convert_to_bitnet(fp).eval()), path)
@@ -420,8 +420,17 @@ def test_int4_head_with_exact_top_logits(tied, route, tmp_path, monkeypatch):
     assert head.rows_source is not None and head.rows_source[0] == str((path / "model.safetensors").resolve())
     x = tokens(batch=2, length=7)
     with torch.no_grad(), kernel(route):
-        exact, approximate, logits = (m(x).logits.float() for m in (full, int4, model))
-        top = approximate.topk(8, dim=-1).indices
+        monkeypatch.setattr(layers, "EXACT_TOP", 0)  # the int4 pass alone
+        approximate = model(x).logits.float()
+        monkeypatch.setattr(layers, "EXACT_TOP", 8)  # of the tiny model's 64-token vocabulary
+        exact, logits = full(x).logits.float(), model(x).logits.float()
+        if route == "vnni":  # int4_rows: one scale and offset per row
+            assert (approximate - exact).abs().max() <= 0.2 * exact.abs().max()
+        else:
+            assert torch.equal(approximate, int4(x).logits.float())
+        # ties at the 8th value: the C++ call takes the lower indices, torch's top-k its own
+        top = (approximate.topk(8, dim=-1) if route == "torch"
+               else approximate.sort(dim=-1, descending=True, stable=True)).indices[..., :8]
         recomputed = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top, True)
         assert recomputed.sum(-1).eq(8).all() and (~recomputed).any()
         torch.testing.assert_close(logits[recomputed], exact[recomputed], rtol=1e-2, atol=1e-2)  # bf16 rounding
@@ -440,6 +449,31 @@ def test_int4_head_with_exact_top_logits(tied, route, tmp_path, monkeypatch):
     save_checkpoint(model, tmp_path / "again")
     assert model.lm_head.rows_source is None  # the matrix is in RAM now, and the file may change
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == (path / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 6])  # 1, 3, then 4 + 2 tokens a pass over the matrix
+@pytest.mark.parametrize("in_features", [200, 256])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_int4_rows_kernel_equals_its_integer_reference(rows, in_features, dtype):
+    """``kernels.int4_rows`` (the int4 pass of ``int4_exact_top`` on ``vnni``): the 4-bit codes of
+    ``int4_rows_weight`` (each within half a step of the weight) times the int8 activations of
+    ``quantize_activations``, scaled in float32 and rounded once to the dtype."""
+    c_kernel_or_skip("vnni")
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(300, in_features, generator=g).to(dtype)
+    x = torch.randn(rows, in_features, generator=g).to(dtype)
+    packed, scale_low = kernels.int4_rows_weight(weight, chunk=128)  # in chunks: the same as whole
+    assert torch.equal(packed, kernels.int4_rows_weight(weight)[0])
+    low_nibbles, high_nibbles = (packed & 15).view(300, -1, 64), (packed >> 4).view(300, -1, 64)
+    codes = torch.stack([low_nibbles, high_nibbles], dim=2).view(300, -1)[:, :in_features].double()
+    scale, low = scale_low.double().unbind(1)
+    assert ((codes * scale[:, None] + low[:, None]) - weight.double()).abs().le(scale[:, None] / 2 + 1e-6).all()
+    xq, absmax = quantize_activations(x)  # int8 values, the absmax of each token
+    reference = (absmax / 127).double() * (scale * (xq.double() @ codes.T) + low * xq.double().sum(-1, keepdim=True))
+    with torch.no_grad():
+        y = kernels.int4_rows(x, packed, scale_low)
+    assert y.dtype == dtype and y.shape == (rows, 300)
+    torch.testing.assert_close(y.double(), reference.to(dtype).double(), rtol=torch.finfo(dtype).eps, atol=1e-5)
 
 
 @pytest.mark.parametrize(("vocab", "k"), [(1000, 3), (1000, 8), (300, 64)])  # k below / above the 256-blocks
