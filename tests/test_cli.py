@@ -105,6 +105,11 @@ def test_bench_measures_every_variant_side_by_side(fp_checkpoint, tmp_path, caps
     assert result["machine"]["omp_wait_policy"] == "PASSIVE" and "; OMP_WAIT_POLICY=PASSIVE." in out.read_text()
     assert "OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep" in caplog.text
     assert all(f["peak_rss_mib"] > 0 for f in result["final"].values())
+    # a compiled variant: a first process compiled into the cache the measured one then started with
+    assert set(result["first_compile"]) == {"packed+int4 head compiled"}
+    assert result["first_compile"]["packed+int4 head compiled"]["model_rss_mib"] > 0
+    assert result["load"]["packed+int4 head compiled"]["inductor_cache"] == {"hits": 1, "misses": 0}
+    assert "as a server's first start does; that first process" in out.read_text()
     # row scales take the C++ kernel chosen here, like one scale per tensor
     from bitnet_hf.models.kernels import cpu_kernel
     assert result["load"]["packed (row scales)"]["kernel"] == result["load"]["packed"]["kernel"] == cpu_kernel()
