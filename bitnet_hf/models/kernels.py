@@ -28,6 +28,10 @@ integer reference bit for bit; against the ``torch`` path (which rounds ``xq * a
 input dtype before a float matmul) they differ by float rounding only. ``int4pack`` multiplies the same dequantized
 values as the ``torch`` path, in another summation order.
 
+The library also serves the ``int4_exact_top`` output head (``QuantizedLMHead``): :func:`int4_rows` (AVX-512 VNNI,
+an int4 matrix with one scale and offset per row, ranking the vocabulary) and :func:`exact_top` (AVX2, each token's
+top logits recomputed from the stored rows).
+
 The C++ source below is compiled with ``torch.utils.cpp_extension.load_inline`` into
 ``$BITNET_HF_CACHE/kernels`` (default ``~/.cache/bitnet_hf/kernels``), once per source version; later processes
 load the cached library in a fraction of a second. ISA-specific functions carry ``target`` attributes and are
@@ -800,8 +804,8 @@ def exact_top(logits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, sourc
     """``logits`` (n, V) with each row's ``k`` largest values (ties to the lower index) replaced by the exact products
     of ``x`` (n, in) with those rows of ``weight`` (V, in), in one C++ call (a block-maximum top-k, then the rows read
     with ``pread`` from ``source``, the file's (path, inode, byte offset) of the matrix, or taken from ``weight``
-    where None; products as ``bmm`` of the rows cast to ``x``'s dtype). Needs the C++ library (``vnni`` / ``avx2``
-    chosen)."""
+    where None; products summed in float32, rounded once to the logits' dtype). Needs the C++ library and AVX2
+    (``vnni`` / ``avx2`` chosen)."""
     op = _state.get("exact_top") or _state.setdefault("exact_top", getattr(torch.ops, _NAMESPACE).exact_top)
     path, inode, offset = source or ("", 0, 0)
     return op(logits, x, weight, path, inode, offset, k)  # type: ignore[operator]
