@@ -29,7 +29,7 @@ input dtype before a float matmul) they differ by float rounding only. ``int4pac
 values as the ``torch`` path, in another summation order.
 
 The library also serves the ``int4_exact_top`` output head (``QuantizedLMHead``): :func:`int4_rows` (AVX-512 VNNI,
-an int4 matrix with one scale and offset per row, ranking the vocabulary) and :func:`exact_top` (AVX2, each token's
+an int4 matrix with one scale and offset per 128 columns, ranking the vocabulary) and :func:`exact_top` (AVX2, each token's
 top logits recomputed from the stored rows).
 
 The C++ source below is compiled with ``torch.utils.cpp_extension.load_inline`` into
@@ -466,54 +466,66 @@ std::vector<at::Tensor> ternary_linear(const at::Tensor& x, at::TensorList weigh
   return ternary_linear_impl<at::BFloat16>(xc, ws, sp, strides, bs, ns, groups, int(isa));
 }
 
-// An int4 matrix with one scale and one offset per row, w[n, k] ~ scale[n] * q + low[n] with q in [0, 16): row n
-// is Kp / 2 bytes (Kp = in padded to 128), each 64-byte chunk holding 128 columns, c + i in the low nibble of byte i
-// and c + 64 + i in its high one. For T tokens: out[t] = sum_k q[k] * xq[t, k] (xq padded with zeros to Kp).
-// Two accumulators a token (low and high nibbles): independent vpdpbusd chains.
+// An int4 matrix with one scale and one offset per group of 128 columns, w[n, k] ~ scale[n, g] * q + low[n, g] with
+// q in [0, 16): row n is Kp / 2 bytes (Kp = in padded to 128), each 64-byte chunk one group, column g * 128 + i in
+// the low nibble of byte i and g * 128 + 64 + i in its high one. For T tokens, in float32:
+// out[t] = sum_g scale[g] * dot_g(q, xq[t]) + low[g] * sum_g(xq[t]), where gsum16[t * groups + g] = sum_g(xq[t]) / 16
+// (the 16 lanes each add one sixteenth: exact, a power of two).
 template <int T>
 __attribute__((target("avx512f,avx512bw,avx512vnni")))
-inline void int4_dots(const uint8_t* w, int64_t chunks, const int8_t* xq, int64_t Kp, int32_t* out) {
+inline void int4_dots(const uint8_t* w, int64_t groups, const int8_t* xq, int64_t Kp, const float* scale_low,
+                      const float* gsum16, float* out) {
   const __m512i low4 = _mm512_set1_epi8(0x0f);
-  __m512i lo[T], hi[T];
-  for (int t = 0; t < T; ++t) lo[t] = hi[t] = _mm512_setzero_si512();
-  for (int64_t c = 0; c < chunks; ++c) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
-    const __m512i v = _mm512_loadu_si512(w + c * 64);
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + g * 64 + kPrefetchBytes), _MM_HINT_T0);
+    const __m512i v = _mm512_loadu_si512(w + g * 64);
     const __m512i q0 = _mm512_and_si512(v, low4), q1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+    const __m512 scale = _mm512_set1_ps(scale_low[2 * g]), low = _mm512_set1_ps(scale_low[2 * g + 1]);
     for (int t = 0; t < T; ++t) {
-      lo[t] = _mm512_dpbusd_epi32(lo[t], q0, _mm512_loadu_si512(xq + t * Kp + c * 128));
-      hi[t] = _mm512_dpbusd_epi32(hi[t], q1, _mm512_loadu_si512(xq + t * Kp + c * 128 + 64));
+      const int8_t* x = xq + t * Kp + g * 128;
+      __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q0, _mm512_loadu_si512(x));
+      dot = _mm512_dpbusd_epi32(dot, q1, _mm512_loadu_si512(x + 64));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t]);
+      acc[t] = _mm512_fmadd_ps(low, _mm512_set1_ps(gsum16[t * groups + g]), acc[t]);
     }
   }
-  for (int t = 0; t < T; ++t) out[t] = _mm512_reduce_add_epi32(_mm512_add_epi32(lo[t], hi[t]));
+  for (int t = 0; t < T; ++t) out[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
-// y (M, N) in x's dtype: y[m, n] = (absmax[m] / 127) * (scale[n] * dot(q[n], xq[m]) + low[n] * sum(xq[m])), x
-// quantized per token as the ternary kernels do; rows of the matrix in parallel, up to 4 tokens a pass over them.
+// y (M, N) in x's dtype: y[m, n] = (absmax[m] / 127) * int4_dots(row n, xq[m]), x quantized per token as the
+// ternary kernels do; rows of the matrix in parallel, up to 4 tokens a pass over them.
 template <typename T>
-at::Tensor int4_rows_impl(const at::Tensor& x, const at::Tensor& packed, const float* scale, const float* low) {
-  const int64_t M = x.size(0), K = x.size(1), N = packed.size(0), Kp = packed.size(1) * 2;
+at::Tensor int4_rows_impl(const at::Tensor& x, const at::Tensor& packed, const float* scale_low) {
+  const int64_t M = x.size(0), K = x.size(1), N = packed.size(0), Kp = packed.size(1) * 2, groups = Kp / 128;
   at::Tensor out = at::empty({M, N}, x.options());
   std::vector<int8_t> xq(M * Kp);
-  std::vector<float> absmax(M);
+  std::vector<float> absmax(M), gsum16(M * groups);
   std::vector<int32_t> xsum(M);
   quantize_rows(x.data_ptr<T>(), M, K, Kp, xq.data(), absmax.data(), xsum.data());
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t sum = 0;
+      for (int64_t k = g * 128; k < (g + 1) * 128; ++k) sum += xq[m * Kp + k];
+      gsum16[m * groups + g] = static_cast<float>(sum) / 16.f;
+    }
   const uint8_t* w = packed.data_ptr<uint8_t>();
   T* y = out.data_ptr<T>();
   at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
-    int32_t dots[4];
+    float dots[4];
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
       const int64_t nt = std::min<int64_t>(4, M - m0);
+      const int8_t* xm = xq.data() + m0 * Kp;
+      const float* gm = gsum16.data() + m0 * groups;
       for (int64_t n = begin; n < end; ++n) {
         const uint8_t* row = w + n * (Kp / 2);
-        const int8_t* xm = xq.data() + m0 * Kp;
-        if (nt == 4) int4_dots<4>(row, Kp / 128, xm, Kp, dots);
-        else if (nt == 3) int4_dots<3>(row, Kp / 128, xm, Kp, dots);
-        else if (nt == 2) int4_dots<2>(row, Kp / 128, xm, Kp, dots);
-        else int4_dots<1>(row, Kp / 128, xm, Kp, dots);
-        for (int64_t t = 0; t < nt; ++t)
-          store(y + (m0 + t) * N + n, (absmax[m0 + t] / 127.f)
-                * (scale[n] * static_cast<float>(dots[t]) + low[n] * static_cast<float>(xsum[m0 + t])));
+        const float* sl = scale_low + n * groups * 2;
+        if (nt == 4) int4_dots<4>(row, groups, xm, Kp, sl, gm, dots);
+        else if (nt == 3) int4_dots<3>(row, groups, xm, Kp, sl, gm, dots);
+        else if (nt == 2) int4_dots<2>(row, groups, xm, Kp, sl, gm, dots);
+        else int4_dots<1>(row, groups, xm, Kp, sl, gm, dots);
+        for (int64_t t = 0; t < nt; ++t) store(y + (m0 + t) * N + n, (absmax[m0 + t] / 127.f) * dots[t]);
       }
     }
   });
@@ -527,12 +539,12 @@ at::Tensor int4_rows(const at::Tensor& x, const at::Tensor& packed, const at::Te
   TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.size(1) % 64 == 0
               && packed.size(1) * 2 >= x.size(1) && packed.size(1) * 2 < x.size(1) + 128,
               "bitnet_hf::int4_rows: packed must be uint8 (N, in padded to 128 / 2)");
-  TORCH_CHECK(scale_low.scalar_type() == at::kFloat && scale_low.dim() == 2 && scale_low.size(0) == packed.size(0)
-              && scale_low.size(1) == 2, "bitnet_hf::int4_rows: scale_low must be float32 (N, 2)");
-  const at::Tensor xc = x.contiguous(), w = packed.contiguous();
-  const at::Tensor s = scale_low.select(1, 0).contiguous(), l = scale_low.select(1, 1).contiguous();
-  if (x.scalar_type() == at::kFloat) return int4_rows_impl<float>(xc, w, s.data_ptr<float>(), l.data_ptr<float>());
-  return int4_rows_impl<at::BFloat16>(xc, w, s.data_ptr<float>(), l.data_ptr<float>());
+  TORCH_CHECK(scale_low.scalar_type() == at::kFloat && scale_low.dim() == 3 && scale_low.size(0) == packed.size(0)
+              && scale_low.size(1) == packed.size(1) / 64 && scale_low.size(2) == 2,
+              "bitnet_hf::int4_rows: scale_low must be float32 (N, in padded to 128 / 128, 2)");
+  const at::Tensor xc = x.contiguous(), w = packed.contiguous(), sl = scale_low.contiguous();
+  if (x.scalar_type() == at::kFloat) return int4_rows_impl<float>(xc, w, sl.data_ptr<float>());
+  return int4_rows_impl<at::BFloat16>(xc, w, sl.data_ptr<float>());
 }
 
 // Order-preserving key of a value: a larger value has a larger key (NaN aside); branch-free, so loops vectorize.
@@ -812,29 +824,33 @@ def exact_top(logits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, sourc
 
 
 def int4_rows_weight(weight: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """``weight`` (out, in) as the int4 matrix of :func:`int4_rows`: per row 16 levels from its min to its max,
-    ``w ~ scale * q + low``; ``packed`` uint8 (out, in padded to 128 / 2), each 64 bytes holding 128 columns (column
-    ``c + i`` in the low nibble of byte ``i``, ``c + 64 + i`` in the high one), ``scale_low`` float32 (out, 2).
-    Computed ``chunk`` rows at a time (no float32 copy of the whole matrix)."""
+    """``weight`` (out, in) as the int4 matrix of :func:`int4_rows`: per group of 128 columns of a row, 16 levels from
+    its min to its max, ``w ~ scale * q + low``; ``packed`` uint8 (out, in padded to 128 / 2), each 64 bytes one
+    group (column ``128 g + i`` in the low nibble of byte ``i``, ``128 g + 64 + i`` in the high one), ``scale_low``
+    float32 (out, groups, 2). Padding columns (code 0) take no part in a group's range. Computed ``chunk`` rows at a
+    time (no float32 copy of the whole matrix)."""
     out_features, in_features = weight.shape
     padded = in_features + -in_features % 128
     packed = torch.empty(out_features, padded // 2, dtype=torch.uint8)
-    scale_low = torch.empty(out_features, 2, dtype=torch.float32)
+    scale_low = torch.empty(out_features, padded // 128, 2, dtype=torch.float32)
     for start in range(0, out_features, chunk):
-        w = weight[start:start + chunk].float()
-        low = w.amin(dim=1)
-        scale = ((w.amax(dim=1) - low) / 15).clamp(min=1e-12)
-        q = ((w - low[:, None]) / scale[:, None]).round().clamp(0, 15).to(torch.uint8)
-        q = torch.nn.functional.pad(q, (0, padded - in_features)).view(-1, padded // 128, 2, 64)
+        w = torch.nn.functional.pad(weight[start:start + chunk].float(), (0, padded - in_features))
+        groups = w.view(w.shape[0], -1, 128)
+        real = (torch.arange(padded) < in_features).view(1, -1, 128)
+        low = torch.where(real, groups, torch.inf).amin(dim=-1)
+        scale = ((torch.where(real, groups, -torch.inf).amax(dim=-1) - low) / 15).clamp(min=1e-12)
+        q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).where(real, 0).to(torch.uint8)
+        q = q.view(-1, padded // 128, 2, 64)
         packed[start:start + chunk] = (q[:, :, 0] | (q[:, :, 1] << 4)).view(-1, padded // 2)
-        scale_low[start:start + chunk] = torch.stack([scale, low], dim=1)
+        scale_low[start:start + chunk] = torch.stack([scale, low], dim=-1)
     return packed, scale_low
 
 
 def int4_rows(x: torch.Tensor, packed: torch.Tensor, scale_low: torch.Tensor) -> torch.Tensor:
     """``x @ W.T`` (any leading shape, float32 / bfloat16) for ``W`` held as :func:`int4_rows_weight` makes it, in one
     call of the AVX-512 VNNI kernel: ``x`` quantized per token to int8 as the ternary kernels do, integer dot products
-    with the 4-bit codes, then ``(absmax / 127) * (scale * dot + low * sum(x_q))`` in float32. Needs ``vnni``."""
+    with the 4-bit codes per group, then ``(absmax / 127) * sum_g (scale_g * dot_g + low_g * sum_g(x_q))`` in float32.
+    Needs ``vnni``."""
     op = _state.get("int4_rows") or _state.setdefault("int4_rows", getattr(torch.ops, _NAMESPACE).int4_rows)
     y = op(x.reshape(-1, x.shape[-1]), packed, scale_low)  # type: ignore[operator]
     return y.view(*x.shape[:-1], packed.shape[0])
