@@ -424,7 +424,11 @@ def test_int4_head_with_exact_top_logits(tied, route, tmp_path, monkeypatch):
         approximate = model(x).logits.float()
         monkeypatch.setattr(layers, "EXACT_TOP", 8)  # of the tiny model's 64-token vocabulary
         exact, logits = full(x).logits.float(), model(x).logits.float()
-        if route == "vnni":  # int4_rows: one scale and offset per row
+        if route == "vnni":  # int4_rows: one scale and offset per 128 columns
+            assert head._quantized[0][1] == "int4_rows"
+            hidden = model.model(x).last_hidden_state
+            ranking = kernels.int4_rows(hidden, *kernels.int4_rows_weight(full.lm_head.weight))
+            assert torch.equal(approximate, ranking.float())
             assert (approximate - exact).abs().max() <= 0.2 * exact.abs().max()
         else:
             assert torch.equal(approximate, int4(x).logits.float())
@@ -438,8 +442,9 @@ def test_int4_head_with_exact_top_logits(tied, route, tmp_path, monkeypatch):
         assert torch.equal(logits.argmax(-1), exact.argmax(-1))
         assert torch.equal(model.generate(x, max_new_tokens=4, do_sample=False, pad_token_id=0),
                            full.generate(x, max_new_tokens=4, do_sample=False, pad_token_id=0))
-        mapped = head.weight.data  # the rows come from the file, not from the weight
+        mapped = head.weight.data  # the rows come from the file, not from the weight, on every route
         head.weight.data = torch.zeros_like(mapped)
+        assert torch.equal(model(x).logits.float(), logits)
         assert torch.equal(head._rows(top), full.lm_head.weight[top]) and full.lm_head.weight[top].abs().sum() > 0
         head.weight.data = mapped
         torch._dynamo.reset()
@@ -506,7 +511,8 @@ def test_exact_top_call_picks_the_k_largest_and_recomputes_them(vocab, k, dtype,
     recomputed = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top, True)
     assert torch.equal(from_file[~recomputed], logits[~recomputed])
     products = (x.double() @ weight.double().T).gather(-1, top)
-    # float32 sums rounded once to the dtype: within one unit of its last place of the exact products
+    # float32 sums rounded once to the dtype: within one unit of its last place of the exact products (float32:
+    # or 1e-5 absolute, as the float32 sum itself rounds)
     torch.testing.assert_close(from_file.gather(-1, top).double(), products, rtol=torch.finfo(dtype).eps, atol=1e-5)
     file.write_bytes(file.read_bytes()[:50])  # in place: same inode, shorter
     with pytest.raises(RuntimeError, match="shorter than when the model was loaded"):
