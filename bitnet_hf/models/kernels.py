@@ -252,6 +252,18 @@ inline void ternary_dots(int isa, int64_t nt, const uint8_t* w, int64_t K, const
 template <typename T>
 void store(T* out, float v) { *out = static_cast<T>(v); }
 
+// sums[m * groups + g]: the sum of xq[m, g * G, (g + 1) * G), for M rows of Kp values.
+std::vector<int32_t> group_sums(const int8_t* xq, int64_t M, int64_t Kp, int64_t groups, int64_t G) {
+  std::vector<int32_t> sums(M * groups);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t s = 0;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) s += xq[m * Kp + k];
+      sums[m * groups + g] = s;
+    }
+  return sums;
+}
+
 // One packed row (K bytes) as the int8 ternary values of one of its 2-bit fields (`shift` 0, 2, 4, 6): each byte
 // holds w + 1 of 4 output rows.
 __attribute__((target("avx2")))
@@ -291,16 +303,7 @@ std::vector<at::Tensor> ternary_linear_impl(const at::Tensor& x, const std::vect
   });
   // The sum of xq over each group of G input columns of each row: xsum itself when the whole row is one group.
   const int64_t G = K / groups;
-  std::vector<int32_t> gsum;
-  if (groups > 1) {
-    gsum.resize(M * groups);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t g = 0; g < groups; ++g) {
-        int32_t s = 0;
-        for (int64_t k = g * G; k < (g + 1) * G; ++k) s += xq[m * Kp + k];
-        gsum[m * groups + g] = s;
-      }
-  }
+  const std::vector<int32_t> gsum = groups > 1 ? group_sums(xq, M, Kp, groups, G) : std::vector<int32_t>();
   const int32_t* const sums = groups > 1 ? gsum.data() : xsum.data();
 
   const size_t n = weights.size();
@@ -504,12 +507,8 @@ at::Tensor int4_rows_impl(const at::Tensor& x, const at::Tensor& packed, const f
   std::vector<float> absmax(M), gsum16(M * groups);
   std::vector<int32_t> xsum(M);
   quantize_rows(x.data_ptr<T>(), M, K, Kp, xq.data(), absmax.data(), xsum.data());
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < groups; ++g) {
-      int32_t sum = 0;
-      for (int64_t k = g * 128; k < (g + 1) * 128; ++k) sum += xq[m * Kp + k];
-      gsum16[m * groups + g] = static_cast<float>(sum) / 16.f;
-    }
+  const std::vector<int32_t> gsum = group_sums(xq.data(), M, Kp, groups, 128);
+  for (size_t i = 0; i < gsum.size(); ++i) gsum16[i] = static_cast<float>(gsum[i]) / 16.f;
   const uint8_t* w = packed.data_ptr<uint8_t>();
   T* y = out.data_ptr<T>();
   at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
