@@ -643,24 +643,22 @@ at::Tensor exact_top(const at::Tensor& logits, const at::Tensor& x, const at::Te
   k = std::min(k, vocab);
   at::Tensor out = logits.clone(at::MemoryFormat::Contiguous);
   if (n == 0 || k <= 0) return out;
-  at::Tensor ids = at::empty({n, k}, at::kLong);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "exact_top", [&] {
-    for (int64_t r = 0; r < n; ++r)
-      top_indices(out.data_ptr<scalar_t>() + r * vocab, vocab, k, ids.data_ptr<int64_t>() + r * k);
-  });
-  at::Tensor rows = path.empty() ? weight.index_select(0, ids.view(-1))
-      : read_file_rows(ids, path, inode, offset, vocab, x.size(1), weight.scalar_type());
-  if (rows.scalar_type() != at::kFloat && rows.scalar_type() != at::kBFloat16) rows = rows.to(at::kFloat);
+  const int64_t cols = x.size(1);
   const at::Tensor xf = x.to(at::kFloat).contiguous();
+  at::Tensor ids = at::empty({n, k}, at::kLong);
+  const int64_t* id = ids.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "exact_top", [&] {
     scalar_t* y = out.data_ptr<scalar_t>();
-    const int64_t* id = ids.data_ptr<int64_t>();
+    for (int64_t r = 0; r < n; ++r) top_indices(y + r * vocab, vocab, k, ids.data_ptr<int64_t>() + r * k);
+    at::Tensor rows = path.empty() ? weight.index_select(0, ids.view(-1))
+        : read_file_rows(ids, path, inode, offset, vocab, cols, weight.scalar_type());
+    if (rows.scalar_type() != at::kFloat && rows.scalar_type() != at::kBFloat16) rows = rows.to(at::kFloat);
     for (int64_t r = 0; r < n; ++r)
       for (int64_t j = 0; j < k; ++j) {
         const int64_t i = r * k + j;
-        const float v = rows.scalar_type() == at::kFloat
-            ? dot(rows.data_ptr<float>() + i * x.size(1), xf.data_ptr<float>() + r * x.size(1), x.size(1))
-            : dot(rows.data_ptr<at::BFloat16>() + i * x.size(1), xf.data_ptr<float>() + r * x.size(1), x.size(1));
+        const float* xr = xf.data_ptr<float>() + r * cols;
+        const float v = rows.scalar_type() == at::kFloat ? dot(rows.data_ptr<float>() + i * cols, xr, cols)
+                                                         : dot(rows.data_ptr<at::BFloat16>() + i * cols, xr, cols);
         y[r * vocab + id[i]] = static_cast<scalar_t>(v);
       }
   });
