@@ -301,10 +301,7 @@ class QuantizedLMHead(nn.Linear):
         elif self.mode == "int8":
             y = torch.ops.aten._weight_int8pack_mm(rows, weight, scales)
         else:
-            k_pad = scales.shape[0] * 32 - self.in_features
-            padded = F.pad(rows, (0, k_pad)) if k_pad else rows
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(padded.contiguous(), weight, 32, scales)
-            y = y[:, :self.out_features]
+            y = int4pack_linear(rows, weight, scales, self.out_features)
         if self.mode == "int4_exact_top":
             y = self._exact_top(y, rows)
         y = y.reshape(*x.shape[:-1], self.out_features)
